@@ -11,6 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
 from gpu_optimizer.metrics import GPU_LABELS, GpuCollector, create_registry
 from gpu_optimizer.nvml import (
     NVML_ERROR_DRIVER_NOT_LOADED,
@@ -22,8 +25,6 @@ from gpu_optimizer.nvml import (
     read_gpus,
     record_nvml,
 )
-from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.parser import text_string_to_metric_families
 
 RECORDING = Path(__file__).parent / "data" / "nvml_rtx4070ti_rtx3070ti.json"
 UUID_4070 = "GPU-5e0b2f6c-8b1a-4f7e-9d3c-2a41c7e9b810"
