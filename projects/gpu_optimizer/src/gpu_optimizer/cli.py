@@ -22,6 +22,22 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _top(args: argparse.Namespace) -> int:
+    from gpu_optimizer.top import run_top
+
+    return run_top(interval=args.interval, once=args.once)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpu-optimizer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8002)")
     serve.set_defaults(func=_serve)
+    top = sub.add_parser("top", help="terminal GPU monitor (memory, utilization, power, processes)")
+    top.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds (default 1)")
+    top.add_argument("--once", action="store_true", help="print one table and exit")
+    top.set_defaults(func=_top)
     return parser
 
 
