@@ -86,3 +86,14 @@ class PoseDetector(Protocol):
     ) -> list[list[PersonPose]]: ...
 
     def close(self) -> None: ...
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """A detector's model file is not on disk; the message says how to get it."""
+
+    def __init__(self, path: object, what: str) -> None:
+        super().__init__(
+            f"{what} not found at {path}. Run `make download-models` to provision the "
+            "models, or pass the path of an existing model file."
+        )
+        self.path = path

@@ -1,0 +1,193 @@
+"""MediaPipe Pose Landmarker (Tasks API) behind the PoseDetector protocol.
+
+Confidence of a joint is the landmark's *visibility*: the model's probability
+that the joint is in the image and not occluded. Presence only says the joint
+is inside the image, so an occluded knee behind the other leg keeps a high
+presence while its position is a guess; angles must not trust such a joint, so
+visibility is what gates them downstream.
+
+In video mode the landmarker tracks people between calls, so one detector
+serves one stream, with timestamps that increase strictly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import cv2
+import numpy as np
+import numpy.typing as npt
+
+from pose_analyzer.keypoints import (
+    JOINT_INDEX,
+    NUM_JOINTS,
+    FloatArray,
+    ModelNotFoundError,
+    PersonPose,
+)
+
+MODEL_NAMES = ("lite", "full", "heavy")
+
+# BlazePose's 33 landmarks -> canonical joints (the hands and mouth are dropped).
+BLAZEPOSE_TO_CANONICAL: dict[int, str] = {
+    0: "nose",
+    2: "left_eye",
+    5: "right_eye",
+    7: "left_ear",
+    8: "right_ear",
+    11: "left_shoulder",
+    12: "right_shoulder",
+    13: "left_elbow",
+    14: "right_elbow",
+    15: "left_wrist",
+    16: "right_wrist",
+    23: "left_hip",
+    24: "right_hip",
+    25: "left_knee",
+    26: "right_knee",
+    27: "left_ankle",
+    28: "right_ankle",
+    29: "left_heel",
+    30: "right_heel",
+    31: "left_foot_index",
+    32: "right_foot_index",
+}
+_SRC = np.array(list(BLAZEPOSE_TO_CANONICAL), dtype=np.intp)
+_DST = np.array([JOINT_INDEX[n] for n in BLAZEPOSE_TO_CANONICAL.values()], dtype=np.intp)
+if sorted(_DST.tolist()) != list(range(NUM_JOINTS)):  # every canonical joint exactly once
+    raise RuntimeError("BlazePose mapping does not cover the canonical joints")
+
+
+def resolve_model_path(model: str | Path, models_dir: Path | None = None) -> Path:
+    """`lite|full|heavy` -> `<models_dir>/pose_landmarker_{model}.task`; anything else is a path."""
+    if isinstance(model, str) and model in MODEL_NAMES:
+        if models_dir is None:
+            from pose_analyzer.settings import get_settings
+
+            models_dir = get_settings().models_dir
+        path = Path(models_dir) / f"pose_landmarker_{model}.task"
+    else:
+        path = Path(model).expanduser()
+    if not path.is_file():
+        raise ModelNotFoundError(path, f"MediaPipe pose landmarker model {str(model)!r}")
+    return path
+
+
+def blazepose_to_canonical(
+    landmarks: npt.ArrayLike, width: int, height: int
+) -> tuple[FloatArray, tuple[float, float, float, float]]:
+    """(33, 3) normalized x, y, confidence -> canonical (NUM_JOINTS, 3) in pixels, and a box.
+
+    The box spans all 33 landmarks (hands and mouth included), clipped to the image.
+    """
+    lm = np.asarray(landmarks, dtype=np.float32)
+    if lm.shape != (33, 3):
+        raise ValueError(f"expected 33 BlazePose landmarks with (x, y, conf), got {lm.shape}")
+    scale = np.array([width, height], dtype=np.float32)
+    pose = np.empty((NUM_JOINTS, 3), dtype=np.float32)
+    pose[_DST, :2] = lm[_SRC, :2] * scale
+    pose[_DST, 2] = np.clip(lm[_SRC, 2], 0.0, 1.0)
+    xy = lm[:, :2] * scale
+    x1, y1 = np.clip(xy.min(axis=0), 0, scale)
+    x2, y2 = np.clip(xy.max(axis=0), 0, scale)
+    return pose, (float(x1), float(y1), float(x2), float(y2))
+
+
+def to_rgb(frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+    """OpenCV's BGR (or gray, or BGRA) -> contiguous RGB, as MediaPipe expects."""
+    if frame.ndim == 2:
+        return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)
+    if frame.ndim == 3 and frame.shape[2] == 4:
+        return cv2.cvtColor(frame, cv2.COLOR_BGRA2RGB)
+    if frame.ndim == 3 and frame.shape[2] == 3:
+        return cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+    raise ValueError(f"expected a BGR image of shape (H, W, 3), got {frame.shape}")
+
+
+class MediaPipeDetector:
+    """Several people per frame from MediaPipe's BlazePose landmarker."""
+
+    name = "mediapipe"
+
+    def __init__(
+        self,
+        model: str | Path = "full",
+        *,
+        mode: Literal["image", "video"] = "video",
+        num_poses: int = 4,
+        min_detection_confidence: float = 0.5,
+        min_presence_confidence: float = 0.5,
+        min_tracking_confidence: float = 0.5,
+        models_dir: Path | None = None,
+    ) -> None:
+        if mode not in ("image", "video"):
+            raise ValueError(f"mode must be 'image' or 'video', got {mode!r}")
+        if num_poses < 1:
+            raise ValueError(f"num_poses must be >= 1, got {num_poses}")
+        self.model_path = resolve_model_path(model, models_dir)
+        self.mode = mode
+        self.num_poses = num_poses
+
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self._mp = mp
+        options = vision.PoseLandmarkerOptions(
+            base_options=BaseOptions(model_asset_path=str(self.model_path)),
+            running_mode=(
+                vision.RunningMode.VIDEO if mode == "video" else vision.RunningMode.IMAGE
+            ),
+            num_poses=num_poses,
+            min_pose_detection_confidence=min_detection_confidence,
+            min_pose_presence_confidence=min_presence_confidence,
+            min_tracking_confidence=min_tracking_confidence,
+            output_segmentation_masks=False,
+        )
+        self._landmarker = vision.PoseLandmarker.create_from_options(options)
+        self._last_ms = -1
+
+    def _timestamp_ms(self, t: float) -> int:
+        ms = round(t * 1000.0)
+        if ms <= self._last_ms:
+            # Frames closer than 1 ms (or a clock that stepped back): keep MediaPipe's
+            # strictly increasing requirement rather than failing the stream.
+            ms = self._last_ms + 1
+        self._last_ms = ms
+        return ms
+
+    def detect_one(self, frame: npt.NDArray[np.uint8], t: float = 0.0) -> list[PersonPose]:
+        height, width = frame.shape[:2]
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=to_rgb(frame))
+        if self.mode == "video":
+            result = self._landmarker.detect_for_video(image, self._timestamp_ms(t))
+        else:
+            result = self._landmarker.detect(image)
+        people = []
+        for landmarks in result.pose_landmarks:
+            raw = np.array(
+                [(lm.x, lm.y, lm.visibility or 0.0, lm.presence or 0.0) for lm in landmarks],
+                dtype=np.float32,
+            )
+            pose, box = blazepose_to_canonical(raw[:, :3], width, height)
+            people.append(PersonPose(keypoints=pose, score=float(raw[:, 3].mean()), box=box))
+        return people
+
+    def detect(
+        self, frames: Sequence[npt.NDArray[np.uint8]], timestamps: Sequence[float]
+    ) -> list[list[PersonPose]]:
+        if len(frames) != len(timestamps):
+            raise ValueError(f"{len(frames)} frames but {len(timestamps)} timestamps")
+        return [self.detect_one(f, t) for f, t in zip(frames, timestamps, strict=True)]
+
+    def close(self) -> None:
+        if self._landmarker is not None:
+            self._landmarker.close()
+            self._landmarker = None
+
+    def __enter__(self) -> MediaPipeDetector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
