@@ -1,0 +1,79 @@
+"""Finding and loading exercise definitions: the built-in ones plus a user directory."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 needs the backport
+    import tomli as tomllib
+
+from pose_analyzer.exercises.schema import Exercise, ExerciseDefinitionError, exercise_from_dict
+
+BUILTIN_DIR = Path(__file__).with_name("definitions")
+ENV_VAR = "POSE_EXERCISES_DIR"
+
+
+class UnknownExerciseError(KeyError):
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def user_dirs() -> list[Path]:
+    """Extra definition directories: settings' `exercises_dir` if set, else $POSE_EXERCISES_DIR."""
+    dirs: list[Path] = []
+    try:
+        from pose_analyzer.settings import get_settings
+
+        configured = getattr(get_settings(), "exercises_dir", None)
+    except Exception:
+        configured = None
+    if configured:
+        dirs.append(Path(configured))
+    env = os.environ.get(ENV_VAR)
+    if env and Path(env) not in dirs:
+        dirs.append(Path(env))
+    return dirs
+
+
+def load_file(path: Path) -> Exercise:
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except tomllib.TOMLDecodeError as exc:
+        raise ExerciseDefinitionError(f"{path.name}: not valid TOML ({exc})") from None
+    except OSError as exc:
+        raise ExerciseDefinitionError(f"{path}: cannot read ({exc.strerror})") from None
+    exercise = exercise_from_dict(data, source=path)
+    if exercise.name != path.stem:
+        raise ExerciseDefinitionError(
+            f"{path.name}.name: {exercise.name!r} must match the file name {path.stem!r}"
+        )
+    return exercise
+
+
+def load_exercises(extra_dirs: list[Path] | None = None) -> dict[str, Exercise]:
+    """Every definition by name; a user file overrides a built-in of the same name."""
+    dirs = [BUILTIN_DIR, *(user_dirs() if extra_dirs is None else extra_dirs)]
+    found: dict[str, Exercise] = {}
+    for d in dirs:
+        if not d.is_dir():
+            if d != BUILTIN_DIR:
+                raise ExerciseDefinitionError(f"{d}: exercise directory does not exist")
+            continue
+        for path in sorted(d.glob("*.toml")):
+            exercise = load_file(path)
+            found[exercise.name] = exercise
+    return dict(sorted(found.items()))
+
+
+def get_exercise(name: str, extra_dirs: list[Path] | None = None) -> Exercise:
+    exercises = load_exercises(extra_dirs)
+    if name not in exercises:
+        raise UnknownExerciseError(
+            f"unknown exercise {name!r}; known exercises: {', '.join(exercises)}"
+        )
+    return exercises[name]
