@@ -1,0 +1,120 @@
+"""`make run-all` / `make stop-all` on real ports, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import free_port, http_ok, port_open, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+@pytest.fixture
+def service_env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        POSE_PORT=str(free_port()),
+        GPU_OPT_PORT=str(free_port()),
+        AIML_LOG_DIR=str(tmp_path / "logs"),
+    )
+    return env
+
+
+def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
+    service_env: dict[str, str],
+) -> None:
+    logs = Path(service_env["AIML_LOG_DIR"])
+    pose_port, vram_port = int(service_env["POSE_PORT"]), int(service_env["GPU_OPT_PORT"])
+    first = make("run-all", service_env)
+    pids: dict[str, int] = {}
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        pids = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose", "vram")}
+        assert f"http://127.0.0.1:{pose_port}" in first.stdout
+        assert f"http://127.0.0.1:{vram_port}" in first.stdout
+        for port, service in ((pose_port, "pose_analyzer"), (vram_port, "gpu_optimizer")):
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as resp:
+                assert json.load(resp)["service"] == service
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+                text = resp.read().decode()
+            assert "process_resident_memory_bytes" in text
+            assert ("pose_build_info" if service == "pose_analyzer" else "gpu_build_info") in text
+
+        second = make("run-all", service_env)
+        assert second.returncode == 0, second.stderr
+        assert second.stdout.count("already running") == 2
+        again = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose", "vram")}
+        assert again == pids  # nothing new was started
+
+        status = make("status", service_env)
+        assert status.stdout.count("healthy") == 2
+    finally:
+        stopped = make("stop-all", service_env)
+    assert stopped.returncode == 0, stopped.stderr
+    for svc, pid in pids.items():
+        assert wait_for(lambda pid=pid: not alive(pid), 20), f"{svc} (pid {pid}) still runs"
+        assert not (logs / f"{svc}.pid").exists()
+    assert not port_open(pose_port) and not port_open(vram_port)
+    assert (logs / "pose.log").exists() and (logs / "vram.log").exists()
+
+
+def test_stop_all_without_services_and_with_a_stale_pid_file(
+    service_env: dict[str, str],
+) -> None:
+    logs = Path(service_env["AIML_LOG_DIR"])
+    logs.mkdir(parents=True)
+    # A PID that belongs to some other program must never be signalled.
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        (logs / "pose.pid").write_text(f"{other.pid}\n")
+        result = make("stop-all", service_env)
+        assert result.returncode == 0
+        assert "stale PID file removed" in result.stdout
+        assert "vram: not running" in result.stdout
+        assert other.poll() is None, "stop-all killed a process that is not ours"
+        assert not (logs / "pose.pid").exists()
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_run_all_reports_a_port_taken_by_another_program(service_env: dict[str, str]) -> None:
+    import socket
+
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", int(service_env["POSE_PORT"])))
+        blocker.listen()
+        result = make("run-all", service_env)
+    try:
+        assert result.returncode != 0
+        assert f"port {service_env['POSE_PORT']} is already in use" in result.stderr
+    finally:
+        make("stop-all", service_env)
+    assert http_ok(f"http://127.0.0.1:{service_env['GPU_OPT_PORT']}/health") is False
