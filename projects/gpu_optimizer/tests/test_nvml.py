@@ -183,6 +183,37 @@ def test_no_nvml_is_a_normal_state(code: int, caplog: pytest.LogCaptureFixture) 
     assert "no NVIDIA driver" in reader.unavailable_reason
 
 
+def test_a_broken_driver_reads_no_gpu_and_warns_once(caplog: pytest.LogCaptureFixture) -> None:
+    class Mismatch(RecordedNvml):
+        def nvmlInit(self) -> None:
+            from gpu_optimizer.nvml import NvmlError
+
+            raise NvmlError(18, "RM has detected an NVML/RM version mismatch.")
+
+    reader = NvmlReader(Mismatch(recording()))
+    with caplog.at_level(logging.WARNING, logger="gpu_optimizer.nvml"):
+        assert reader.read() == reader.read() == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "NVML failed to initialise: RM has detected an NVML/RM version mismatch."
+    ]
+    assert reader.unavailable_reason == (
+        "NVML failed to initialise: RM has detected an NVML/RM version mismatch."
+    )
+
+
+def test_an_old_driver_without_a_process_query_leaves_processes_none() -> None:
+    pynvml = pytest.importorskip("pynvml")
+
+    class OldDriver(RecordedNvml):
+        def nvmlDeviceGetComputeRunningProcesses(self, handle: int) -> list[Any]:
+            raise pynvml.NVMLLibraryMismatchError("Unversioned function called")
+
+        def nvmlDeviceGetGraphicsRunningProcesses(self, handle: int) -> list[Any]:
+            raise pynvml.NVMLLibraryMismatchError("Unversioned function called")
+
+    assert [g.processes for g in read_gpus(OldDriver(recording()))] == [None, None]
+
+
 def test_no_gpus_is_a_normal_state() -> None:
     data = recording()
     data["devices"] = []

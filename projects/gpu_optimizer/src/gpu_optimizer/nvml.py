@@ -159,7 +159,8 @@ def _is_nvml_error(exc: BaseException) -> bool:
         import pynvml
     except ImportError:
         return False
-    return isinstance(exc, pynvml.NVMLError)
+    # NVMLLibraryMismatchError: an unversioned function this driver's NVML lacks.
+    return isinstance(exc, (pynvml.NVMLError, pynvml.NVMLLibraryMismatchError))
 
 
 def _format_cuda_version(version: int) -> str:
@@ -181,7 +182,7 @@ class NvmlReader:
         self._initialized = False
         self._cache: list[GpuReading] = []
         self._cache_time = -float("inf")
-        self._warned: set[tuple[int, str, int | None]] = set()
+        self._warned: set[tuple[object, ...]] = set()
         self.unavailable_reason: str | None = None
 
     def _load(self) -> NvmlLibrary | None:
@@ -209,7 +210,7 @@ class NvmlReader:
                 logger.debug("NVML unavailable: %s", exc)
             else:
                 self.unavailable_reason = f"NVML failed to initialise: {exc}"
-                logger.warning("NVML failed to initialise: %s", exc)
+                self._warn_once(("init", code), "NVML failed to initialise: %s", exc)
             return None
         self._initialized = True
         self.unavailable_reason = None
@@ -246,7 +247,8 @@ class NvmlReader:
         except Exception as exc:
             if not _is_nvml_error(exc):
                 raise
-            logger.warning("NVML could not count GPUs: %s", exc)
+            self.unavailable_reason = f"NVML could not count GPUs: {exc}"
+            self._warn_once(("count", _error_code(exc)), "NVML could not count GPUs: %s", exc)
             return []
         if count == 0:
             self.unavailable_reason = "NVML found no GPU"
@@ -272,11 +274,17 @@ class NvmlReader:
             if not _is_nvml_error(exc):
                 raise
             code = _error_code(exc)
-            key = (index, what, code)
-            if code not in _UNAVAILABLE_CODES and key not in self._warned:
-                self._warned.add(key)
-                logger.warning("NVML %s of GPU %d failed: %s", what, index, exc)
+            if code not in _UNAVAILABLE_CODES and code is not None:
+                self._warn_once(
+                    (index, what, code), "NVML %s of GPU %d failed: %s", what, index, exc
+                )
             return None
+
+    def _warn_once(self, key: tuple[object, ...], message: str, *args: object) -> None:
+        """Warn about a failure once, not on every scrape."""
+        if key not in self._warned:
+            self._warned.add(key)
+            logger.warning(message, *args)
 
     def _read_one(
         self,
