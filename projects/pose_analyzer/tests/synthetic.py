@@ -123,12 +123,13 @@ MOTIONS: dict[str, Motion] = {
         extreme={"arm_l": 165, "arm_r": 165, "hip_l": 15, "hip_r": 15},
     ),
 }
-# The squat filmed from the front, feet turned out 30 deg: knee valgus is visible.
+# The squat filmed from the front, feet turned out 30 deg, upright trunk and knees
+# forward (a thigh pointing at the camera would hide the knee angle): valgus is visible.
 MOTIONS["squat_front"] = Motion(
     view="front",
     rest={**MOTIONS["squat"].rest, "leg_plane": 30},
-    extreme=MOTIONS["squat"].extreme,
-    faults=MOTIONS["squat"].faults,
+    extreme={"knee_l": 120, "knee_r": 120, "hip_l": 75, "hip_r": 75, "trunk": 10},
+    faults={"valgus": {"valgus_l": 50, "valgus_r": 50}},
 )
 
 
@@ -159,8 +160,10 @@ def skeleton(p: dict[str, float], bend: str = "forward") -> np.ndarray:
         if p["leg_plane"] >= 90:  # jumping jack: the leg swings sideways, the foot points ahead
             f_foot = f
         th, kn = r[f"hip_{s}"], r[f"knee_{s}"]
-        knee = hip + THIGH * (np.cos(th) * d + np.sin(th) * f_thigh)
+        knee = hip + THIGH * (np.cos(th) * d + np.sin(th) * f_foot)
         ankle = knee + SHIN * (np.cos(th - kn) * d + np.sin(th - kn) * f_foot)
+        # Valgus: the knee caves in (thigh plane turned inward) while the foot stays put.
+        knee = hip + THIGH * (np.cos(th) * d + np.sin(th) * f_thigh)
         put(f"{side}_knee", knee)
         put(f"{side}_ankle", ankle)
         put(f"{side}_foot_index", ankle + FOOT * f_foot)
