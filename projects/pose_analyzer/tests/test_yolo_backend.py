@@ -12,6 +12,7 @@ from pose_analyzer.detectors.yolo_backend import (
     COCO17,
     YoloDetector,
     coco17_to_canonical,
+    common_shape_batch,
     resolve_device,
     results_to_people,
 )
@@ -112,15 +113,17 @@ def test_auto_device_follows_cuda_availability() -> None:
 
 @pytest.fixture(scope="module")
 def random_yolo() -> YoloDetector:
-    return YoloDetector.from_architecture("yolo11n-pose.yaml", device="cpu", imgsz=320)
+    detector = YoloDetector.from_architecture("yolo11n-pose.yaml", device="cpu", imgsz=320)
+    detector.warmup((320, 240))  # Ultralytics builds its predictor on the first call
+    return detector
 
 
 def _count_forwards(detector: YoloDetector) -> list[int]:
     sizes: list[int] = []
     # Once set up, Ultralytics runs its own wrapper (AutoBackend) around the network.
-    predictor = getattr(detector._model, "predictor", None)
-    module = predictor.model if predictor is not None else detector._model.model
-    module.register_forward_hook(lambda _m, args, _out: sizes.append(int(args[0].shape[0])))
+    detector._model.predictor.model.register_forward_hook(
+        lambda _m, args, _out: sizes.append(int(args[0].shape[0]))
+    )
     return sizes
 
 
@@ -134,7 +137,7 @@ def test_real_architecture_runs_four_frames_in_one_batch(random_yolo: YoloDetect
     out = random_yolo.detect(_frames(4), [0.0, 0.1, 0.2, 0.3])
     # Random weights: well-formed, and nobody found.
     assert out == [[], [], [], []]
-    assert sizes == [4]  # one forward pass over the whole batch
+    assert sizes[-1:] == [4] and len(sizes) == 1  # one forward pass over the whole batch
     assert random_yolo.weights is None
     assert random_yolo._model.task == "pose"
     assert random_yolo._model.model.yaml["kpt_shape"] == [17, 3]
@@ -152,6 +155,60 @@ def test_batch_size_splits_a_call(random_yolo: YoloDetector) -> None:
     with pytest.raises(ValueError, match="timestamps"):
         random_yolo.detect(_frames(2), [0.0])
     assert random_yolo.detect([], []) == []
+
+
+def test_mixed_frame_sizes_are_brought_to_one_shape() -> None:
+    a = np.zeros((1920, 1080, 3), np.uint8)
+    b = np.zeros((1920, 1088, 3), np.uint8)
+    a[:30, :30] = 200
+    batch, scales = common_shape_batch([a, b], 640)
+    assert scales == pytest.approx([1 / 3, 1 / 3])
+    assert [f.shape for f in batch] == [(640, 363, 3), (640, 363, 3)]
+    assert batch[0][0, 0].tolist() == [200, 200, 200]
+    assert batch[0][0, -1].tolist() == [114, 114, 114]  # right padding of the narrower view
+    same, ones = common_shape_batch([a, a], 640)
+    assert same[0] is a and ones == [1.0, 1.0]
+
+
+class _FakeModel:
+    """Answers like YOLO.predict: one pose at fixed pixels of whatever image it is given."""
+
+    def __init__(self) -> None:
+        self.shapes: list[list[tuple[int, ...]]] = []
+
+    def predict(self, images, **kwargs):
+        self.shapes.append([im.shape for im in images])
+        kp = np.zeros((1, 17, 3), np.float32)
+        kp[0, :, :2] = (30, 60)
+        kp[0, :, 2] = 0.9
+        box = np.array([[30, 60, 90, 120]], np.float32)
+        return [_fake_result(kp, box, np.array([0.8], np.float32)) for _ in images]
+
+
+def test_keypoints_map_back_to_each_original_frame() -> None:
+    detector = YoloDetector.__new__(YoloDetector)
+    detector._configure("cpu", 640, 0.25, None)
+    detector._model = fake = _FakeModel()
+    frames = [np.zeros((1920, 1080, 3), np.uint8), np.zeros((1920, 1088, 3), np.uint8)]
+    out = detector.detect(frames, [0.0, 0.0])
+    assert fake.shapes == [[(640, 363, 3), (640, 363, 3)]]
+    for (person,) in out:
+        assert person.keypoints[JOINT_INDEX["nose"]].tolist() == pytest.approx([90, 180, 0.9])
+        assert person.box == pytest.approx((90, 180, 270, 360))
+        assert np.isnan(person.keypoints[JOINT_INDEX["left_heel"], :2]).all()
+
+
+def test_real_architecture_keeps_rect_inference_for_mixed_sizes(
+    random_yolo: YoloDetector,
+) -> None:
+    shapes: list[tuple[int, ...]] = []
+    random_yolo._model.predictor.model.register_forward_hook(
+        lambda _m, args, _out: shapes.append(tuple(args[0].shape))
+    )
+    frames = [np.zeros((320, 180, 3), np.uint8), np.zeros((320, 184, 3), np.uint8)] * 2
+    assert random_yolo.detect(frames, [0.0] * 4) == [[], [], [], []]
+    # One batch of 4 at 320x192 (stride-32 rect), not the 320x320 square of mixed sizes.
+    assert shapes[-1] == (4, 3, 320, 192)
 
 
 @pytest.mark.gpu

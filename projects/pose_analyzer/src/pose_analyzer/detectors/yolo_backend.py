@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import numpy.typing as npt
 
@@ -95,6 +96,47 @@ def results_to_people(result: Any) -> list[PersonPose]:
         PersonPose(keypoints=poses[i], score=float(scores[i]), box=tuple(map(float, boxes[i])))
         for i in range(poses.shape[0])
     ]
+
+
+def common_shape_batch(
+    frames: Sequence[npt.NDArray[np.uint8]], imgsz: int
+) -> tuple[list[npt.NDArray[np.uint8]], list[float]]:
+    """Frames of different sizes -> frames of one size, and the scale applied to each.
+
+    Ultralytics letterboxes a batch of mixed sizes to a square imgsz x imgsz
+    (its minimal-padding mode needs one shape). Views of 1080x1920 and 1088x1920
+    would then cost 640x640 instead of 384x640 each: 1.7x the compute. Each frame
+    is resized so its long side is imgsz and padded at the right and bottom (so
+    pixel coordinates are unchanged up to the scale) to the batch's largest size.
+    """
+    if len({f.shape for f in frames}) <= 1:
+        return list(frames), [1.0] * len(frames)
+    scales = [min(1.0, imgsz / max(f.shape[:2])) for f in frames]
+    resized = [
+        f if s == 1.0 else cv2.resize(f, (round(f.shape[1] * s), round(f.shape[0] * s)))
+        for f, s in zip(frames, scales, strict=True)
+    ]
+    h = max(f.shape[0] for f in resized)
+    w = max(f.shape[1] for f in resized)
+    padded = [
+        cv2.copyMakeBorder(
+            f, 0, h - f.shape[0], 0, w - f.shape[1], cv2.BORDER_CONSTANT, value=(114, 114, 114)
+        )
+        for f in resized
+    ]
+    return padded, scales
+
+
+def _rescale(people: list[PersonPose], scale: float, width: int, height: int) -> None:
+    """Back from a resized, padded frame to the original frame's pixels, in place."""
+    for p in people:
+        kp = p.keypoints
+        kp[:, :2] /= scale
+        np.clip(kp[:, 0], 0, width, out=kp[:, 0])
+        np.clip(kp[:, 1], 0, height, out=kp[:, 1])
+        if p.box is not None:
+            x1, y1, x2, y2 = (v / scale for v in p.box)
+            p.box = (min(x1, width), min(y1, height), min(x2, width), min(y2, height))
 
 
 def resolve_device(device: str = "auto") -> str:
@@ -183,7 +225,8 @@ class YoloDetector:
         step = self.batch_size or len(frames)
         out: list[list[PersonPose]] = []
         for start in range(0, len(frames), step):
-            batch = list(frames[start : start + step])
+            originals = frames[start : start + step]
+            batch, scales = common_shape_batch(originals, self.imgsz)
             results = self._model.predict(
                 batch,
                 imgsz=self.imgsz,
@@ -193,7 +236,11 @@ class YoloDetector:
                 batch=len(batch),
                 verbose=False,
             )
-            out.extend(results_to_people(r) for r in results)
+            for result, scale, frame in zip(results, scales, originals, strict=True):
+                people = results_to_people(result)
+                if scale != 1.0:
+                    _rescale(people, scale, frame.shape[1], frame.shape[0])
+                out.append(people)
         return out
 
     def close(self) -> None:
