@@ -22,6 +22,44 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fail(message: str) -> int:
+    print(f"pose-analyzer: error: {message}", file=sys.stderr)
+    return 2
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from pose_analyzer.pipeline import USER_ERRORS, run_analysis
+
+    try:
+        report, paths = run_analysis(
+            args.input,
+            args.exercise,
+            backend=args.backend,
+            model=args.model,
+            out_dir=args.out,
+            video=not args.no_video,
+            export_keypoints=args.export_keypoints,
+        )
+    except USER_ERRORS as exc:
+        return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
+    reps = ", ".join(f"person {p.id}: {p.rep_count} reps" for p in report.people)
+    print(f"{report.frames} frames, {reps or 'nobody detected'}")
+    for path in paths.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def _exercises(args: argparse.Namespace) -> int:
+    from pose_analyzer.pipeline import USER_ERRORS, describe_exercises
+
+    try:
+        lines = describe_exercises()
+    except USER_ERRORS as exc:
+        return _fail(str(exc))
+    print("\n".join(lines))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pose-analyzer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -29,6 +67,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port (default 8001)")
     serve.set_defaults(func=_serve)
+    analyze = sub.add_parser("analyze", help="analyze a video or keypoint file into a report")
+    analyze.add_argument("input", help="video file, or keypoint JSON Lines with --backend replay")
+    analyze.add_argument("--exercise", required=True, help="exercise name (see `exercises`)")
+    analyze.add_argument(
+        "--backend",
+        choices=("mediapipe", "yolo", "replay"),
+        default=None,
+        help="pose detector (default: replay for .jsonl input, else mediapipe)",
+    )
+    analyze.add_argument("--model", default=None, help="lite|full|heavy or a model file path")
+    analyze.add_argument("--out", default="analysis", help="output directory (default analysis)")
+    analyze.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
+    analyze.add_argument(
+        "--export-keypoints", default=None, metavar="F", help="also write the poses as JSON Lines"
+    )
+    analyze.set_defaults(func=_analyze)
+    exercises = sub.add_parser("exercises", help="list the exercise definitions")
+    exercises.set_defaults(func=_exercises)
     return parser
 
 

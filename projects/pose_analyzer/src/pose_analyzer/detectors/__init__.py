@@ -10,21 +10,26 @@ from typing import Any
 
 from pose_analyzer.keypoints import PoseDetector
 
-BACKENDS: dict[str, tuple[str, str]] = {
-    "mediapipe": ("pose_analyzer.detectors.mediapipe_backend", "MediaPipeDetector"),
-    "yolo": ("pose_analyzer.detectors.yolo_backend", "YoloDetector"),
-    "replay": ("pose_analyzer.detectors.replay", "ReplayDetector"),
+# backend -> (module, class, the constructor argument that `model` goes to)
+BACKENDS: dict[str, tuple[str, str, str]] = {
+    "mediapipe": ("pose_analyzer.detectors.mediapipe_backend", "MediaPipeDetector", "model"),
+    "yolo": ("pose_analyzer.detectors.yolo_backend", "YoloDetector", "weights"),
+    "replay": ("pose_analyzer.detectors.replay", "ReplayDetector", "path"),
 }
 
 
 def create_detector(backend: str, model: str | None = None, **kw: Any) -> PoseDetector:
-    """A detector for `backend`; `model` is a model name or path (replay: the keypoint file)."""
+    """A detector for `backend`; `model` is a model name or path (replay: the keypoint file).
+
+    mediapipe: lite|full|heavy (from the models directory) or a .task path;
+    yolo: a weights path (default: the models directory's yolo11n-pose.pt).
+    """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
-    module_name, class_name = BACKENDS[backend]
+    module_name, class_name, model_arg = BACKENDS[backend]
     cls = getattr(importlib.import_module(module_name), class_name)
     if model is not None:
-        kw = {"model" if backend != "replay" else "path": model, **kw}
+        kw = {model_arg: model, **kw}
     detector: PoseDetector = cls(**kw)
     return detector
 

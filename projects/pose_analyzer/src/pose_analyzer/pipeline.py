@@ -1,0 +1,258 @@
+"""`pose-analyzer analyze`: a recorded video or keypoint file in, the report files out.
+
+Pass 1 decodes, detects and tracks (or reads a keypoint file) into poses,
+exporting them on request; the offline analysis then needs the whole series
+(zero-phase filtering); pass 2 re-decodes the video to draw annotated.mp4.
+Every failure a user can cause is raised as one of USER_ERRORS with a
+message that says what was wrong; the CLI prints it as one line.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from pose_analyzer.analysis import AnalysisConfig, IdAssigner, analyze_frames
+from pose_analyzer.biomechanics import ANGLE_INDEX
+from pose_analyzer.detectors import create_detector
+from pose_analyzer.detectors.replay import KeypointFileError, KeypointWriter, read_keypoints
+from pose_analyzer.exercises import (
+    Exercise,
+    ExerciseDefinitionError,
+    UnknownExerciseError,
+    get_exercise,
+)
+from pose_analyzer.keypoints import FramePoses, ModelNotFoundError
+from pose_analyzer.plotting import plot_angles, traced_angles
+from pose_analyzer.report import Report
+from pose_analyzer.video import VideoError, VideoWriter, draw_pose, open_video
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    VideoError,
+    KeypointFileError,
+    ExerciseDefinitionError,
+    UnknownExerciseError,
+    ModelNotFoundError,
+    FileNotFoundError,
+    PermissionError,
+    IsADirectoryError,
+)
+KEYPOINT_SUFFIXES = (".jsonl", ".ndjson")
+DEFAULT_FPS = 30.0
+BATCH = 8
+CUE_AFTER_REP_S = 1.0  # a rep's faults stay on screen this long after it ends
+
+
+def default_backend(input_path: str | Path) -> str:
+    return "replay" if Path(input_path).suffix.lower() in KEYPOINT_SUFFIXES else "mediapipe"
+
+
+Advance = Callable[[int], None]
+
+
+@contextlib.contextmanager
+def _progress(enabled: bool | None, total: int | None, label: str) -> Iterator[Advance]:
+    """A rich progress bar on a terminal (stderr), nothing otherwise."""
+    from rich.console import Console
+
+    console = Console(stderr=True)
+    if enabled is None:
+        enabled = console.is_terminal
+    if not enabled:
+        yield lambda n: None
+        return
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+    ) as bar:
+        task = bar.add_task(label, total=total)
+        yield lambda n: bar.advance(task, n)
+
+
+def fps_from_times(times: Sequence[float]) -> float:
+    """A keypoint file's frame rate from its timestamps (median step), 3 decimals."""
+    if len(times) < 2:
+        return DEFAULT_FPS
+    step = statistics.median(np.diff(np.asarray(times, dtype=np.float64)).tolist())
+    return round(1.0 / step, 3) if step > 0 else DEFAULT_FPS
+
+
+def read_keypoint_file(path: Path) -> list[FramePoses]:
+    if not path.exists():
+        raise KeypointFileError(f"keypoint file not found: {path}")
+    if not path.is_file():
+        raise KeypointFileError(f"{path} is not a file; pass a keypoint JSON Lines file")
+    frames = list(read_keypoints(path))
+    if not frames:
+        raise KeypointFileError(f"{path} is empty: it holds no frames")
+    return frames
+
+
+def _detect_video(
+    input_path: Path,
+    backend: str,
+    model: str | None,
+    assign: IdAssigner,
+    progress: bool | None,
+) -> tuple[list[FramePoses], float, tuple[int, int]]:
+    source = open_video(input_path, prefetch=4)  # checks the file before any model loads
+    fps = round(source.fps, 3)
+    size = source.size
+    detector = create_detector(backend, model)
+    frames: list[FramePoses] = []
+
+    def flush(batch: list[tuple[int, float, np.ndarray]]) -> None:
+        people = detector.detect([b[2] for b in batch], [b[1] for b in batch])
+        for (index, t, _), found in zip(batch, people, strict=True):
+            frame = FramePoses(index=index, t=t, width=size[0], height=size[1], people=found)
+            frame.people = assign(frame)
+            frames.append(frame)
+
+    try:
+        with source, _progress(progress, source.frame_count, "detecting") as advance:
+            batch: list[tuple[int, float, np.ndarray]] = []
+            for item in source:
+                batch.append(item)
+                if len(batch) == BATCH:
+                    flush(batch)
+                    advance(len(batch))
+                    batch = []
+            if batch:
+                flush(batch)
+                advance(len(batch))
+    finally:
+        detector.close()
+    return frames, fps, size
+
+
+def _annotate(
+    path: Path,
+    frames: list[FramePoses],
+    report: Report,
+    exercise: Exercise,
+    video_input: Path | None,
+    size: tuple[int, int],
+    progress: bool | None,
+) -> None:
+    names = traced_angles(exercise)
+    people = {p.id: p for p in report.people}
+    rows = {pid: {float(t): i for i, t in enumerate(p.t)} for pid, p in people.items()}
+    source = open_video(video_input) if video_input is not None else None
+    images: Iterator[np.ndarray] = (
+        (img for _, _, img in source)
+        if source is not None
+        else (np.zeros((size[1], size[0], 3), np.uint8) for _ in frames)
+    )
+    with (
+        VideoWriter(path, report.fps or DEFAULT_FPS, size) as writer,
+        _progress(progress, len(frames), "annotating") as advance,
+    ):
+        for frame, image in zip(frames, images, strict=False):
+            for person in frame.people:
+                pid = int(person.track_id) if person.track_id is not None else 0
+                summary = people.get(pid)
+                if summary is None:
+                    continue
+                i = rows[pid].get(float(frame.t))
+                angles = (
+                    {n: float(summary.angles[i, ANGLE_INDEX[n]]) for n in names}
+                    if i is not None
+                    else {}
+                )
+                done = [r for r in summary.reps if r.end_s <= frame.t]
+                cues = [
+                    f.message
+                    for r in summary.reps
+                    if r.start_s <= frame.t <= r.end_s + CUE_AFTER_REP_S
+                    for f in r.faults
+                ]
+                draw_pose(image, person, angles, len(done), cues)
+            writer.write(image)
+            advance(1)
+    if source is not None:
+        source.close()
+
+
+def run_analysis(
+    input_path: str | Path,
+    exercise_name: str,
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    out_dir: str | Path = "analysis",
+    video: bool = True,
+    export_keypoints: str | Path | None = None,
+    progress: bool | None = None,
+    config: AnalysisConfig | None = None,
+) -> tuple[Report, dict[str, Path]]:
+    """Analyze a recording and write report.json, angles.csv, angles.png (and annotated.mp4)."""
+    exercise = get_exercise(exercise_name)
+    input_path = Path(input_path)
+    backend = backend or default_backend(input_path)
+    assign = IdAssigner()
+    if backend == "replay":
+        frames = read_keypoint_file(input_path)
+        for frame in frames:
+            frame.people = assign(frame)
+        fps = fps_from_times([f.t for f in frames])
+        size = (frames[0].width, frames[0].height)
+        video_input = None
+    else:
+        frames, fps, size = _detect_video(input_path, backend, model, assign, progress)
+        video_input = input_path
+    if export_keypoints is not None:
+        with KeypointWriter(export_keypoints) as writer:
+            for frame in frames:
+                writer.write(frame)
+    report = analyze_frames(
+        frames, exercise, fps, config=config, input=str(input_path), backend=backend
+    )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "report": out / "report.json",
+        "angles_csv": out / "angles.csv",
+        "angles_png": out / "angles.png",
+    }
+    report.write_json(paths["report"])
+    report.write_csv(paths["angles_csv"])
+    plot_angles(report, exercise, paths["angles_png"])
+    if video:
+        paths["video"] = out / "annotated.mp4"
+        _annotate(paths["video"], frames, report, exercise, video_input, size, progress)
+    if export_keypoints is not None:
+        paths["keypoints"] = Path(export_keypoints)
+    return report, paths
+
+
+def describe_exercises() -> list[str]:
+    """One line per exercise definition, for `pose-analyzer exercises`."""
+    from pose_analyzer.exercises import BUILTIN_DIR, load_exercises
+
+    lines = []
+    for name, ex in load_exercises().items():
+        d = ex.drive
+        sides = f" ({', '.join(d.sides)}; {d.combine})" if len(d.columns()) > 1 else ""
+        origin = "" if ex.source is None or ex.source.parent == BUILTIN_DIR else f"  [{ex.source}]"
+        lines.append(
+            f"{name:<16} {ex.view:<5} {d.angle}{sides} {d.direction}: down {d.down_deg:g}, "
+            f"up {d.up_deg:g} deg, min {d.min_rep_s:g} s; faults: "
+            f"{', '.join(r.code for r in ex.rules)}{origin}"
+        )
+    return lines
