@@ -108,30 +108,59 @@ def gate(keypoints: npt.ArrayLike, min_confidence: float = DEFAULT_MIN_CONFIDENC
     return xy
 
 
-def _interior(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    """Unsigned angle between vectors u and v (last axis = x, y), degrees."""
-    cross = u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
-    dot = u[..., 0] * v[..., 0] + u[..., 1] * v[..., 1]
-    return np.arctan2(np.abs(cross), dot) * _DEG
+CHUNK = 4096  # frames per block: the temporaries stay in cache
 
 
-def _valgus(xy: np.ndarray, hip: int, knee: int, ankle: int, other_hip: int) -> np.ndarray:
-    h, k, a, o = xy[..., hip, :], xy[..., knee, :], xy[..., ankle, :], xy[..., other_hip, :]
-    hk = k - h
-    ka = a - k
-    deviation = _interior(h - k, ka)
-    deviation = 180.0 - deviation
-    ha = a - h
-    # Knee offset from the hip-ankle line, and its side relative to the other hip (medial).
-    along = (hk[..., 0] * ha[..., 0] + hk[..., 1] * ha[..., 1]) / (
-        ha[..., 0] ** 2 + ha[..., 1] ** 2
-    )
-    off = hk - ha * along[..., None]
-    medial = o - h
-    side = np.sign(off[..., 0] * medial[..., 0] + off[..., 1] * medial[..., 1])
-    hip_width = np.hypot(medial[..., 0], medial[..., 1])
-    leg = np.hypot(hk[..., 0], hk[..., 1]) + np.hypot(ka[..., 0], ka[..., 1])
-    frontal = hip_width >= FRONTAL_HIP_WIDTH_RATIO * leg
+def _block(kp: np.ndarray, min_confidence: float) -> np.ndarray:
+    """Angles (NUM_ANGLES, n) of kp (n, J, 3), computed joint-major (each row contiguous)."""
+    n = kp.shape[0]
+    soa = np.ascontiguousarray(kp.transpose(2, 1, 0))  # (3, J, n)
+    x, y = soa[0], soa[1]
+    bad = soa[2] < min_confidence
+    np.copyto(x, np.float32(np.nan), where=bad)
+    np.copyto(y, np.float32(np.nan), where=bad)
+    out = np.empty((NUM_ANGLES, n), dtype=np.float32)
+    # Three-point angles: offset + sign * interior angle at the vertex.
+    xb, yb = x[_B], y[_B]
+    ux, uy, vx, vy = x[_A], y[_A], x[_C], y[_C]
+    ux -= xb
+    uy -= yb
+    vx -= xb
+    vy -= yb
+    cross = ux * vy
+    cross -= uy * vx
+    np.abs(cross, out=cross)
+    ux *= vx
+    uy *= vy
+    ux += uy  # dot product
+    triples = np.arctan2(cross, ux, out=out[:_N_TRIPLES])
+    triples *= _SIGN[:, None] * _DEG
+    triples += _OFFSET[:, None]
+    # Trunk lean: hip midpoint -> shoulder midpoint against image vertical (up is -y).
+    tx = (x[_LS] + x[_RS]) - (x[_LH] + x[_RH])
+    ty = (y[_LH] + y[_RH]) - (y[_LS] + y[_RS])
+    np.abs(tx, out=tx)
+    np.arctan2(tx, ty, out=out[_N_TRIPLES])
+    out[_N_TRIPLES] *= _DEG
+    for k, (hip, knee, ankle, other) in enumerate(((_LH, _LK, _LA, _RH), (_RH, _RK, _RA, _LH))):
+        out[_N_TRIPLES + 1 + k] = _valgus(x, y, hip, knee, ankle, other)
+    return out
+
+
+def _valgus(
+    x: np.ndarray, y: np.ndarray, hip: int, knee: int, ankle: int, other: int
+) -> np.ndarray:
+    """Signed frontal-plane knee deviation: + when the knee is medial of the hip-ankle line."""
+    hkx, hky = x[knee] - x[hip], y[knee] - y[hip]
+    kax, kay = x[ankle] - x[knee], y[ankle] - y[knee]
+    # 180 - interior angle at the knee = the turn between hip->knee and knee->ankle.
+    deviation = np.arctan2(np.abs(hkx * kay - hky * kax), hkx * kax + hky * kay) * _DEG
+    hax, hay = x[ankle] - x[hip], y[ankle] - y[hip]
+    mx, my = x[other] - x[hip], y[other] - y[hip]  # toward the midline
+    # Same side of the hip-ankle line as the other hip = medial.
+    side = np.sign((hax * hky - hay * hkx) * (hax * my - hay * mx))
+    leg = np.hypot(hkx, hky) + np.hypot(kax, kay)
+    frontal = np.hypot(mx, my) >= FRONTAL_HIP_WIDTH_RATIO * leg
     return np.where(frontal, side * deviation, np.float32(np.nan))
 
 
@@ -139,15 +168,11 @@ def compute_angles(
     keypoints: npt.ArrayLike, min_confidence: float = DEFAULT_MIN_CONFIDENCE
 ) -> np.ndarray:
     """Every angle of ANGLE_NAMES for keypoints of shape (..., J, 3), float32 degrees."""
-    xy = gate(keypoints, min_confidence)
-    out = np.empty((*xy.shape[:-2], NUM_ANGLES), dtype=np.float32)
-    b = xy[..., _B, :]
-    interior = _interior(xy[..., _A, :] - b, xy[..., _C, :] - b)
-    out[..., :_N_TRIPLES] = _OFFSET + _SIGN * interior
-    trunk = 0.5 * (xy[..., _LS, :] + xy[..., _RS, :]) - 0.5 * (xy[..., _LH, :] + xy[..., _RH, :])
-    # Angle from image vertical (up is -y), unsigned.
-    out[..., _N_TRIPLES] = np.arctan2(np.abs(trunk[..., 0]), -trunk[..., 1]) * _DEG
+    kp = np.asarray(keypoints, dtype=np.float32)
+    lead = kp.shape[:-2]
+    flat = kp.reshape(-1, kp.shape[-2], 3)
+    out = np.empty((flat.shape[0], NUM_ANGLES), dtype=np.float32)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out[..., _N_TRIPLES + 1] = _valgus(xy, _LH, _LK, _LA, _RH)
-        out[..., _N_TRIPLES + 2] = _valgus(xy, _RH, _RK, _RA, _LH)
-    return out
+        for start in range(0, flat.shape[0], CHUNK):
+            out[start : start + CHUNK] = _block(flat[start : start + CHUNK], min_confidence).T
+    return out.reshape(*lead, NUM_ANGLES)
