@@ -89,7 +89,11 @@ class VideoSource:
         self.frames_read = 0
         # Set when iteration ends well before the frame count the file announced.
         self.truncated = False
+        # CPU time spent decoding (on whichever thread reads), for stage metrics.
+        self.decode_cpu_s = 0.0
         self._started = False
+        self._reader: threading.Thread | None = None
+        self._stop = threading.Event()
 
     @property
     def size(self) -> tuple[int, int]:
@@ -108,7 +112,9 @@ class VideoSource:
         if first is not None:
             yield first
         while self._cap is not None:
+            t0 = time.thread_time()
             ok, frame = self._cap.read()
+            self.decode_cpu_s += time.thread_time() - t0
             if not ok or frame is None:
                 break
             yield frame
@@ -116,7 +122,7 @@ class VideoSource:
     def _prefetched(self, depth: int) -> Iterator[Frame]:
         # Decoding in OpenCV releases the GIL: a reader thread overlaps it with detection.
         q: queue.Queue[Frame | None] = queue.Queue(maxsize=depth)
-        stop = threading.Event()
+        stop = self._stop
 
         errors: list[BaseException] = []
 
@@ -139,6 +145,7 @@ class VideoSource:
             put(None)
 
         thread = threading.Thread(target=reader, name=f"decode-{self.name}", daemon=True)
+        self._reader = thread
         thread.start()
         try:
             while (frame := q.get()) is not None:
@@ -146,8 +153,13 @@ class VideoSource:
             if errors:
                 raise errors[0]
         finally:
-            stop.set()
-            thread.join()
+            self._stop_reader()
+
+    def _stop_reader(self) -> None:
+        self._stop.set()
+        if self._reader is not None and self._reader is not threading.current_thread():
+            self._reader.join()
+            self._reader = None
 
     def __iter__(self) -> Iterator[tuple[int, float, Frame]]:
         frames = self._prefetched(self.prefetch) if self.prefetch > 0 else self._raw_frames()
@@ -171,6 +183,7 @@ class VideoSource:
         self.close()
 
     def close(self) -> None:
+        self._stop_reader()  # never release the capture under a reading thread
         if self._cap is not None:
             self._cap.release()
             self._cap = None
