@@ -31,7 +31,7 @@ from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.keypoints import NUM_JOINTS, FramePoses, PersonPose
 from pose_analyzer.report import PersonReport, Report, RepReport
 from pose_analyzer.reps import RepCounter
-from pose_analyzer.scoring import Fault, active_faults, combine, score_rep
+from pose_analyzer.scoring import Fault, RunningFaults, active_faults, combine, score_rep
 
 
 @dataclass(frozen=True)
@@ -86,8 +86,9 @@ def drive_values(exercise: Exercise, angles: np.ndarray) -> np.ndarray:
 class PersonAnalyzer:
     """Reps, scores and anomalies of one tracked person, fed one frame at a time."""
 
-    def __init__(self, exercise: Exercise, track_id: int) -> None:
+    def __init__(self, exercise: Exercise, track_id: int, live: bool = False) -> None:
         self.exercise = exercise
+        self._live = RunningFaults(exercise) if live else None
         self.track_id = track_id
         self.counter = RepCounter(exercise.drive)
         base = AnomalyDetector().features
@@ -99,7 +100,15 @@ class PersonAnalyzer:
 
     def step(self, t: float, angles: np.ndarray, drive_velocity: float) -> RepReport | None:
         value = float(drive_values(self.exercise, angles))
+        was_in_rep = self.counter.in_rep
         rep = self.counter.update(t, value, drive_velocity, payload=angles)
+        if self._live is not None and self.counter.in_rep:
+            if was_in_rep and rep is None:
+                self._live.add(angles)
+            else:  # a rep began (its start lies a little in the past): catch up
+                self._live.reset()
+                for row in self.counter.current_samples():
+                    self._live.add(row)
         return self._complete(rep) if rep is not None else None
 
     def finish(self) -> RepReport | None:
@@ -107,10 +116,12 @@ class PersonAnalyzer:
         return self._complete(rep) if rep is not None else None
 
     def in_progress_faults(self) -> list[Fault]:
-        samples = self.counter.current_samples()
-        if not samples:
+        """Limits already exceeded in the rep in progress (live: kept incrementally)."""
+        if not self.counter.in_rep:
             return []
-        return active_faults(self.exercise, np.stack(samples))
+        if self._live is not None:
+            return self._live.faults()
+        return active_faults(self.exercise, np.stack(self.counter.current_samples()))
 
     def _complete(self, rep: Any) -> RepReport:
         scored = score_rep(self.exercise, rep.samples)
@@ -321,7 +332,7 @@ class StreamAnalyzer:
             track = self._tracks.get(tid)
             if track is None:
                 track = _LiveTrack(
-                    analyzer=PersonAnalyzer(self.exercise, tid),
+                    analyzer=PersonAnalyzer(self.exercise, tid, live=True),
                     smoother=OneEuroFilter(
                         self.config.one_euro_min_cutoff, self.config.one_euro_beta
                     ),

@@ -111,7 +111,8 @@ class RepCounter:
             if self.in_rep and t - self._last_valid_t > self.drive.max_gap_s:
                 self._abort()
             return None
-        if self.in_rep and t - self._last_valid_t > self.drive.max_gap_s:
+        if self._buf and t - self._last_valid_t > self.drive.max_gap_s:
+            # Too long unseen: whatever was going on (even the start of a rep) is unknown.
             self._abort()
         self._last_valid_t = t
         v = self.sign * float(value)

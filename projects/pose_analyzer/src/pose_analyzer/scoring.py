@@ -32,6 +32,15 @@ class Fault:
 
 def combine(values: np.ndarray, how: str) -> np.ndarray:
     """Per-frame combination over the last axis, NaN-aware (all NaN gives NaN)."""
+    if values.ndim == 1:  # one frame: the live path, kept cheap
+        finite = [v for v in values.tolist() if v == v]
+        if not finite:
+            return np.float64(np.nan)
+        if how == "max":
+            return np.float64(max(finite))
+        if how == "min":
+            return np.float64(min(finite))
+        return np.float64(sum(finite) / len(finite))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         if how == "max":
@@ -98,6 +107,60 @@ def score_rep(exercise: Exercise, angles: np.ndarray) -> RepScore:
             faults.append(fault)
             penalty += rule.penalty
     return RepScore(score=max(0.0, 100.0 - penalty), faults=tuple(faults), metrics=metrics)
+
+
+class RunningFaults:
+    """`active_faults` kept up to date one frame at a time during a rep (live path).
+
+    Holds, per judgeable rule, the running max and min of the per-frame value
+    (or of each side, for asymmetry), so a frame costs O(rules), not O(rep).
+    """
+
+    def __init__(self, exercise: Exercise) -> None:
+        self.rules = [
+            r
+            for r in exercise.rules
+            if r.max is not None and r.stat in ("max", "range", "asymmetry")
+        ]
+        self._cols = [[ANGLE_INDEX[c] for c in r.columns()] for r in self.rules]
+        self.reset()
+
+    def reset(self) -> None:
+        n = len(self.rules)
+        self._hi = np.full((n, 2), -np.inf)
+        self._lo = np.full((n, 2), np.inf)
+
+    def add(self, angles: np.ndarray) -> None:
+        for i, (rule, cols) in enumerate(zip(self.rules, self._cols, strict=True)):
+            block = angles[cols]
+            if rule.stat == "asymmetry":
+                for side in (0, 1):
+                    v = block[side]
+                    if v == v:
+                        self._hi[i, side] = max(self._hi[i, side], v)
+            else:
+                v = float(combine(block, rule.combine))
+                if v == v:
+                    self._hi[i, 0] = max(self._hi[i, 0], v)
+                    self._lo[i, 0] = min(self._lo[i, 0], v)
+
+    def faults(self) -> list[Fault]:
+        out = []
+        for i, rule in enumerate(self.rules):
+            hi, lo = self._hi[i], self._lo[i]
+            if rule.stat == "asymmetry":
+                value = abs(hi[0] - hi[1]) if np.isfinite(hi).all() else np.nan
+            elif rule.stat == "range":
+                value = hi[0] - lo[0] if np.isfinite(hi[0]) else np.nan
+            else:
+                value = hi[0]
+            assert rule.max is not None
+            if np.isfinite(value) and value > rule.max + rule.tolerance:
+                message = rule.message.format(
+                    value=value, min=rule.min, max=rule.max, limit=rule.max
+                )
+                out.append(Fault(rule.code, message, float(value), rule.max))
+        return out
 
 
 def active_faults(exercise: Exercise, angles: np.ndarray) -> list[Fault]:
