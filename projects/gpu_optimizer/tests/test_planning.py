@@ -148,3 +148,21 @@ def test_default_workloads_on_the_three_machines() -> None:
     # ResNet-50 fp32 + AdamW needs roughly 80-100 MB per sample: 8 GiB fits a few dozen.
     assert 40 <= by_vram[8][0].batch_plain <= 120
     assert by_vram[8][0].batch_plain < by_vram[12][0].batch_plain < by_vram[16][0].batch_plain
+
+
+def test_named_models_are_cached_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from gpu_optimizer import planning
+
+    monkeypatch.setenv(planning.CACHE_DIR_ENV, str(tmp_path))
+    workload = Workload("tiny-resnet", "resnet18", (3, 32, 32), "train", "sgd")
+    first = recommend_batch_sizes(2**30, [workload])
+    files = list(tmp_path.glob("plan-*.json"))
+    assert len(files) == 1
+    planning._fitted.cache_clear()
+    assert recommend_batch_sizes(2**30, [workload]) == first  # answered from the file
+    files[0].write_text("{not json")
+    planning._fitted.cache_clear()
+    assert recommend_batch_sizes(2**30, [workload]) == first  # damaged entry recomputed
+    # User factories are never cached on disk.
+    recommend_batch_sizes(64 * MiB, [TRAIN], overhead=NO_OVERHEAD)
+    assert len(list(tmp_path.glob("plan-*.json"))) == 1

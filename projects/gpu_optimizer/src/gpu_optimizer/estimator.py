@@ -336,6 +336,23 @@ def _before_optimizer(report: MemoryReport) -> np.ndarray:
     return report.timeline[:cut].astype(np.float64)
 
 
+def _upper_envelope(intercepts: np.ndarray, slopes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Drop lines that never give the maximum for b >= 1 (both intercept and slope are beaten).
+
+    Thousands of events shrink to a handful of lines, small enough to cache on disk.
+    """
+    at_one = intercepts + slopes
+    order = np.lexsort((-at_one, -slopes))  # steepest first, then highest at b = 1
+    keep = []
+    best_at_one = -np.inf
+    for i in order:
+        if at_one[i] > best_at_one:
+            keep.append(i)
+            best_at_one = at_one[i]
+    idx = np.array(sorted(keep), dtype=np.int64)
+    return intercepts[idx], slopes[idx]
+
+
 def fit_batch_model(
     first: MemoryReport, second: MemoryReport, b1: int, b2: int, *, floor_bytes: int = 0
 ) -> BatchMemoryModel:
@@ -343,7 +360,8 @@ def fit_batch_model(
     t1, t2 = _before_optimizer(first), _before_optimizer(second)
     if len(t1) == len(t2) and len(t1) > 0:
         slopes = (t2 - t1) / (b2 - b1)
-        return BatchMemoryModel(t1 - slopes * b1, slopes, exact=True, floor_bytes=floor_bytes)
+        intercepts, slopes = _upper_envelope(t1 - slopes * b1, slopes)
+        return BatchMemoryModel(intercepts, slopes, exact=True, floor_bytes=floor_bytes)
     p1, p2 = float(t1.max(initial=0)), float(t2.max(initial=0))
     slope = (p2 - p1) / (b2 - b1)
     return BatchMemoryModel(

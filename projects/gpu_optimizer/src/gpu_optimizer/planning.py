@@ -4,16 +4,33 @@ Computed, not tabulated: each workload's step runs twice on fake tensors per
 plan (see :mod:`gpu_optimizer.estimator`), which gives its tracked peak as an
 exact function of the batch size; the CUDA overhead model turns a card's VRAM
 into a budget for that peak. The fitted models are cached per workload, so
-planning for more machines or margins afterwards is instant.
+planning for more machines or margins afterwards is instant. Workloads naming
+a torchvision model or an Ultralytics yaml are also cached on disk
+(``GPU_OPT_CACHE_DIR``, default ``~/.cache/gpu_optimizer``), keyed by the
+workload and the torch, ultralytics and gpu_optimizer versions, so the
+services and ``scripts/validate_env.py`` answer at once after the first run.
+User factories (``file.py:factory``) are never cached on disk: their code may
+change under the same name.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
+import importlib.metadata
+import json
+import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
+import numpy as np
+import torch
+
+from gpu_optimizer import __version__
 from gpu_optimizer.estimator import (
     DEFAULT_OVERHEAD,
     PLANS,
@@ -65,10 +82,67 @@ class MachinePlan:
     recommendation: Recommendation
 
 
+CACHE_DIR_ENV = "GPU_OPT_CACHE_DIR"
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "gpu_optimizer")
+
+
+def _cache_file(workload: Workload) -> Path | None:
+    if ":" in workload.model:
+        return None
+    try:
+        ultralytics_version = importlib.metadata.version("ultralytics")
+    except importlib.metadata.PackageNotFoundError:
+        ultralytics_version = "none"
+    key = json.dumps(
+        {
+            "workload": dataclasses.asdict(workload),
+            "torch": torch.__version__,
+            "ultralytics": ultralytics_version,
+            "gpu_optimizer": __version__,
+            "format": 1,
+        },
+        sort_keys=True,
+    )
+    return cache_dir() / f"plan-{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _dump(models: dict[str, BatchMemoryModel]) -> dict[str, Any]:
+    return {
+        plan: {
+            "intercepts": m.intercepts.tolist(),
+            "slopes": m.slopes.tolist(),
+            "exact": m.exact,
+            "floor_bytes": m.floor_bytes,
+        }
+        for plan, m in models.items()
+    }
+
+
+def _load(data: dict[str, Any]) -> dict[str, BatchMemoryModel]:
+    return {
+        plan: BatchMemoryModel(
+            np.asarray(m["intercepts"], dtype=np.float64),
+            np.asarray(m["slopes"], dtype=np.float64),
+            bool(m["exact"]),
+            int(m["floor_bytes"]),
+        )
+        for plan, m in data.items()
+    }
+
+
 @functools.lru_cache(maxsize=32)
 def _fitted(workload: Workload) -> dict[str, BatchMemoryModel]:
+    file = _cache_file(workload)
+    if file is not None and file.is_file():
+        try:
+            return _load(json.loads(file.read_text()))
+        except (ValueError, KeyError, TypeError):
+            pass  # a damaged cache entry is recomputed and rewritten
     plans = PLANS if workload.mode == "train" else ("plain",)
-    return batch_memory_model(
+    fitted = batch_memory_model(
         workload.model,
         workload.input_shape,
         optimizer=workload.optimizer,
@@ -76,6 +150,15 @@ def _fitted(workload: Workload) -> dict[str, BatchMemoryModel]:
         mode=workload.mode,
         plans=plans,
     )
+    if file is not None:
+        try:
+            file.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile("w", dir=file.parent, delete=False) as tmp:
+                json.dump(_dump(fitted), tmp)
+            os.replace(tmp.name, file)
+        except OSError:
+            pass  # a read-only home only costs the recomputation next time
+    return fitted
 
 
 def _validate(workload: Workload) -> Workload:
