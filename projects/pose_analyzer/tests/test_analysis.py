@@ -188,3 +188,21 @@ def test_stream_analyzer_per_frame_results(exercises) -> None:
         assert rep.end_s <= t <= rep.end_s + 0.5  # published within half a second
     assert [r.score for _, r in new_reps] == [100.0, 80.0, 100.0]
     assert analyzer.track_ids == [1] and analyzer.rep_count(1) == 3
+
+
+@pytest.mark.parametrize("mode", ["offline", "live"])
+def test_tracker_keeps_ids_when_the_second_person_crosses(mode: str, exercises) -> None:
+    """Without ids in the input, the tracker assigns them; the crossing swaps nothing."""
+    rec = make_recording("squat", 5, crosser=True, seed=5, **NOISY)
+    for frame in rec.frames:
+        for person in frame.people:
+            person.track_id = None
+    if mode == "offline":
+        report = analyze_frames(rec.frames, exercises["squat"], rec.fps)
+    else:
+        report = live_report(rec.frames, exercises["squat"])
+    assert len(report.people) == 2  # one id each, for the whole recording
+    assert sorted((p.frames_seen, p.rep_count) for p in report.people) == [
+        (len(rec.frames), 0),
+        (len(rec.frames), 5),
+    ]
