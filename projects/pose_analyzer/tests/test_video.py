@@ -69,7 +69,7 @@ def test_prefetch_stops_cleanly_when_the_consumer_breaks_early(clip: Path) -> No
             break
     src.close()
     assert src._reader is None
-    assert src.decode_cpu_s > 0
+    assert src.decode_s > 0
 
 
 def test_a_source_iterates_once(clip: Path) -> None:

@@ -89,8 +89,9 @@ class VideoSource:
         self.frames_read = 0
         # Set when iteration ends well before the frame count the file announced.
         self.truncated = False
-        # CPU time spent decoding (on whichever thread reads), for stage metrics.
-        self.decode_cpu_s = 0.0
+        # Seconds spent waiting on the decoder (on whichever thread reads), for stage
+        # metrics. Wall time: FFmpeg decodes on threads of its own.
+        self.decode_s = 0.0
         self._started = False
         self._reader: threading.Thread | None = None
         self._stop = threading.Event()
@@ -112,9 +113,9 @@ class VideoSource:
         if first is not None:
             yield first
         while self._cap is not None:
-            t0 = time.thread_time()
+            t0 = time.perf_counter()
             ok, frame = self._cap.read()
-            self.decode_cpu_s += time.thread_time() - t0
+            self.decode_s += time.perf_counter() - t0
             if not ok or frame is None:
                 break
             yield frame
