@@ -88,6 +88,7 @@ class MemoryReport:
     per_module: dict[str, dict[str, int]]
     phase_peaks: dict[str, int]
     final_bytes: int
+    final_breakdown: dict[str, int]
     timeline: np.ndarray = field(repr=False)
     timeline_phases: list[str] = field(repr=False)
     category_timeline: dict[str, np.ndarray] = field(repr=False)
@@ -341,6 +342,9 @@ class MemoryTracker:
             breakdown[info.category] += info.nbytes
             mod = per_module.setdefault(info.module or "<none>", dict.fromkeys(CATEGORIES, 0))
             mod[info.category] += info.nbytes
+        final_breakdown = {
+            cat: int(curve[-1]) if len(curve) else 0 for cat, curve in category_timeline.items()
+        }
         peak_info = self._events[self._peak_event][0] if self._peak_event >= 0 else None
         report = MemoryReport(
             device=str(self.device),
@@ -352,6 +356,7 @@ class MemoryTracker:
             per_module=dict(sorted(per_module.items())),
             phase_peaks={p: int(v) for p, v in self._phase_peaks.items()},
             final_bytes=int(self._live),
+            final_breakdown=final_breakdown,
             timeline=timeline,
             timeline_phases=list(self._event_phase),
             category_timeline=category_timeline,
