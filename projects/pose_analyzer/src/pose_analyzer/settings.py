@@ -1,10 +1,11 @@
-"""Service settings: one class, read from POSE_* environment variables."""
+"""Service settings: one class, read from POSE_* environment variables (DATABASE_URL too)."""
 
 from __future__ import annotations
 
 import functools
 from pathlib import Path
 
+from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -21,6 +22,32 @@ class Settings(BaseSettings):
     data_dir: Path = _repo_root() / "data"
     models_dir: Path = _repo_root() / "models"
     log_level: str = "info"
+    database_url: str | None = Field(
+        default=None, validation_alias=AliasChoices("POSE_DATABASE_URL", "DATABASE_URL")
+    )
+    # Required on every route and WebSocket when set (header X-API-Key or ?api_key=).
+    api_key: str | None = None
+
+    max_streams: int = 8
+    max_upload_bytes: int = 512 * 1024 * 1024
+    default_backend: str = "mediapipe"
+    default_model: str = "full"
+    # Frames a reader keeps for a live source before dropping the oldest.
+    reader_buffer: int = 2
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 8.0
+    # WebSocket clients: queued messages per client, and how long a client may stay
+    # full before it is disconnected.
+    ws_queue: int = 32
+    ws_overflow_disconnect_s: float = 5.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.data_dir / 'pose_analyzer.db'}"
+
+    @property
+    def uploads_dir(self) -> Path:
+        return self.data_dir / "uploads"
 
 
 @functools.cache

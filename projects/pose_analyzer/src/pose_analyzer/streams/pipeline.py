@@ -1,0 +1,334 @@
+"""One live stream: read -> detect -> track -> angles -> reps -> score -> publish -> persist.
+
+Reading runs on the reader's thread. Detection, tracking and measurement of a
+frame run on the stream's own worker thread (MediaPipe and the numpy code
+release the GIL, so streams run in parallel), publishing on the event loop.
+Each stage is timed into `pose_stage_duration_seconds`; every completed rep is
+committed to the database before the next frame is published.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import cv2
+
+from pose_analyzer.analysis import FrameResult, StreamAnalyzer
+from pose_analyzer.exercises.schema import Exercise
+from pose_analyzer.keypoints import FramePoses, PoseDetector
+from pose_analyzer.metrics import PoseMetrics
+from pose_analyzer.storage import Database
+from pose_analyzer.streams.hub import Hub
+from pose_analyzer.streams.reader import (
+    Frame,
+    FrameReader,
+    KeypointReader,
+    StreamState,
+)
+from pose_analyzer.streams.sources import Source
+from pose_analyzer.tracking import Tracker
+
+log = logging.getLogger(__name__)
+JPEG_WIDTH = 640
+
+
+@dataclass
+class StreamConfig:
+    source: Source
+    exercise: Exercise
+    backend: str
+    model: str | None
+    realtime: bool = True
+    buffer: int = 2
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 8.0
+    queue_size: int = 32
+    overflow_disconnect_s: float = 5.0
+
+
+@dataclass
+class StreamStats:
+    frames_processed: int = 0
+    fps: float = 0.0
+    last_latency_s: float | None = None
+    people: int = 0
+    reps: int = 0
+    _window: list[float] = field(default_factory=list)
+
+    def tick(self, now: float) -> None:
+        self.frames_processed += 1
+        self._window.append(now)
+        while self._window and now - self._window[0] > 2.0:
+            self._window.pop(0)
+        if len(self._window) > 1:
+            span = self._window[-1] - self._window[0]
+            self.fps = (len(self._window) - 1) / span if span > 0 else 0.0
+
+
+def _make_detector(config: StreamConfig, models_dir: Any) -> PoseDetector | None:
+    if config.source.keypoints:
+        return None  # keypoint files carry their poses
+    from pose_analyzer.detectors import create_detector
+
+    kw: dict[str, Any] = {}
+    if config.backend == "mediapipe":
+        kw = {"mode": "video", "models_dir": models_dir}
+    return create_detector(config.backend, config.model, **kw)
+
+
+class StreamRunner:
+    def __init__(
+        self,
+        config: StreamConfig,
+        *,
+        slot: int,
+        db: Database,
+        metrics: PoseMetrics,
+        models_dir: Any,
+        stream_id: str | None = None,
+    ) -> None:
+        self.id = stream_id or uuid.uuid4().hex[:12]
+        self.slot = str(slot)
+        self.config = config
+        self.db = db
+        self.metrics = metrics
+        self.models_dir = models_dir
+        self.created_at = time.time()
+        self.stats = StreamStats()
+        self.error: str | None = None
+        self.state_history: list[tuple[float, str, str | None]] = []
+        self.hub = Hub(
+            queue_size=config.queue_size,
+            overflow_disconnect_s=config.overflow_disconnect_s,
+            on_drop=lambda n: metrics.ws_dropped.inc(n),
+            on_disconnect=lambda reason: metrics.ws_disconnects.labels(reason).inc(),
+        )
+        reader_cls = KeypointReader if config.source.keypoints else FrameReader
+        self.reader = reader_cls(
+            config.source,
+            realtime=config.realtime,
+            buffer=config.buffer,
+            reconnect_initial_s=config.reconnect_initial_s,
+            reconnect_max_s=config.reconnect_max_s,
+            on_state=self._on_state,
+            on_drop=lambda n: metrics.frames_dropped.labels(self.slot).inc(n),
+            on_read=lambda: metrics.frames_read.labels(self.slot).inc(),
+        )
+        self.analyzer = StreamAnalyzer(config.exercise, tracker=Tracker())
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stream-{self.id}")
+        self._detector: PoseDetector | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.finished = asyncio.Event()
+        self.finished_at: float | None = None
+        self.session_status = "live"
+
+    # -- lifecycle --------------------------------------------------------------------
+
+    @property
+    def state(self) -> str:
+        return self.reader.state.value
+
+    def _on_state(self, state: StreamState, reason: str | None) -> None:
+        self.state_history.append((time.time(), state.value, reason))
+        if state == StreamState.RECONNECTING:
+            self.metrics.reconnects.labels(self.slot).inc()
+        if state == StreamState.FAILED:
+            self.error = reason
+        log.info("stream %s: %s%s", self.id, state.value, f" ({reason})" if reason else "")
+
+    async def start(self) -> None:
+        """Load the detector and start reading; raises if the detector cannot load."""
+        loop = asyncio.get_running_loop()
+        self._detector = await loop.run_in_executor(
+            self._executor, _make_detector, self.config, self.models_dir
+        )
+        await asyncio.to_thread(
+            self.db.start_session,
+            self.id,
+            kind="stream",
+            source=self.config.source.text,
+            exercise=self.config.exercise.name,
+            backend=self.config.backend,
+        )
+        self.metrics.active_streams.inc()
+        self.reader.start()
+        self._task = loop.create_task(self._run(), name=f"stream-{self.id}")
+
+    async def stop(self) -> None:
+        if self.finished.is_set():
+            return
+        self._stopping = True
+        await asyncio.to_thread(self.reader.stop)
+        if self._task is not None:
+            await self._task
+
+    # -- the loop ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                t_wait = time.perf_counter()
+                frame = await loop.run_in_executor(self._executor, self.reader.get, 0.25)
+                if frame is None:
+                    if self.reader.drained():
+                        break
+                    continue
+                self.metrics.stage_seconds.labels("read").observe(time.perf_counter() - t_wait)
+                result, jpeg = await loop.run_in_executor(
+                    self._executor, self._process, frame, self.hub.wants_frames
+                )
+                t_pub = time.perf_counter()
+                self.hub.publish(self._message(frame, result), jpeg)
+                await self._persist(result)
+                now = time.monotonic()
+                self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - t_pub)
+                latency = now - frame.read_at
+                self.metrics.frame_to_publish.observe(latency)
+                self.metrics.frames_processed.labels(self.slot).inc()
+                self.stats.tick(now)
+                self.stats.last_latency_s = latency
+                self.stats.people = len(result.people)
+                self.metrics.stream_fps.labels(self.slot).set(self.stats.fps)
+        except Exception as exc:  # a broken stream must end cleanly, not take the service
+            log.exception("stream %s failed", self.id)
+            self.error = f"{type(exc).__name__}: {exc}"
+        finally:
+            await self._finish()
+
+    def _process(self, frame: Frame, want_jpeg: bool) -> tuple[FrameResult, str | None]:
+        t0 = time.perf_counter()
+        if frame.poses is not None:
+            poses = frame.poses
+        else:
+            assert frame.image is not None and self._detector is not None
+            people = self._detector.detect([frame.image], [frame.t])[0]
+            height, width = frame.image.shape[:2]
+            poses = FramePoses(frame.index, frame.t, width, height, people)
+        t1 = time.perf_counter()
+        result = self.analyzer.update(poses)
+        t2 = time.perf_counter()
+        self.metrics.stage_seconds.labels("detect").observe(t1 - t0)
+        self.metrics.stage_seconds.labels("analyze").observe(t2 - t1)
+        self._size = (poses.width, poses.height)
+        jpeg = None
+        if want_jpeg and frame.image is not None:
+            jpeg = _encode_jpeg(frame.image)
+        return result, jpeg
+
+    def _message(self, frame: Frame, result: FrameResult) -> dict[str, Any]:
+        width, height = getattr(self, "_size", (None, None))
+        body = result.to_dict()
+        body.update(
+            stream_id=self.id,
+            width=width,
+            height=height,
+            state=self.state,
+            exercise=self.config.exercise.name,
+        )
+        return body
+
+    async def _persist(self, result: FrameResult) -> None:
+        frames = self.stats.frames_processed + 1
+        exercise = self.config.exercise.name
+        for person in result.people:
+            if person.new_rep is not None:
+                rep = person.new_rep.to_dict()
+                await asyncio.to_thread(self.db.add_rep, self.id, person.track_id, rep, frames)
+                self.stats.reps += 1
+                self.metrics.reps.labels(exercise).inc()
+                self.metrics.rep_score.labels(exercise).observe(person.new_rep.score)
+                for fault in person.new_rep.faults:
+                    self.metrics.faults.labels(exercise, fault.code).inc()
+            if person.new_anomaly is not None:
+                anomaly = person.new_anomaly.to_dict()
+                await asyncio.to_thread(
+                    self.db.add_anomaly,
+                    self.id,
+                    person.track_id,
+                    int(anomaly.get("rep_index", 0)),
+                    str(anomaly.get("reason", "")),
+                )
+                self.metrics.anomalies.labels(exercise).inc()
+
+    async def _finish(self) -> None:
+        loop = asyncio.get_running_loop()
+        # Reps that were already back at rest when the source ended still count.
+        if not self._stopping or self.reader.state == StreamState.ENDED:
+            before = {t: self.analyzer.rep_count(t) for t in self.analyzer.track_ids}
+            await loop.run_in_executor(self._executor, self.analyzer.finish)
+            for person in self.analyzer.report().people:
+                for rep in person.reps[before.get(person.id, 0) :]:
+                    await asyncio.to_thread(
+                        self.db.add_rep,
+                        self.id,
+                        person.id,
+                        rep.to_dict(),
+                        self.stats.frames_processed,
+                    )
+                    self.stats.reps += 1
+                    self.metrics.reps.labels(self.config.exercise.name).inc()
+        failed = bool(self.error) or self.reader.state == StreamState.FAILED
+        status = "failed" if failed else "ended"
+        self.session_status = status
+        await asyncio.to_thread(
+            self.db.end_session,
+            self.id,
+            status=status,
+            frames=self.stats.frames_processed,
+            error=self.error or self.reader.reason if status == "failed" else None,
+        )
+        await self.hub.close_all("stream ended" if not self._stopping else "stream stopped")
+        if self._detector is not None:
+            await loop.run_in_executor(self._executor, self._detector.close)
+        self._executor.shutdown(wait=False)
+        self.metrics.active_streams.dec()
+        self.metrics.forget_stream(self.slot)
+        self.finished_at = time.time()
+        self.finished.set()
+
+    # -- views ------------------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        r = self.reader
+        return {
+            "id": self.id,
+            "slot": int(self.slot),
+            "source": self.config.source.text,
+            "exercise": self.config.exercise.name,
+            "backend": self.config.backend if not self.config.source.keypoints else "replay",
+            "model": self.config.model,
+            "state": self.state,
+            "error": self.error or (r.reason if r.state == StreamState.FAILED else None),
+            "realtime": self.config.realtime,
+            "drop_policy": r.policy.value,
+            "frames_read": r.frames_read,
+            "frames_processed": self.stats.frames_processed,
+            "frames_dropped": r.frames_dropped,
+            "reconnects": r.reconnects,
+            "fps": round(self.stats.fps, 2),
+            "last_latency_s": self.stats.last_latency_s,
+            "people": self.stats.people,
+            "reps": self.stats.reps,
+            "clients": len(self.hub.clients),
+            "session_id": self.id,
+            "created_at": self.created_at,
+            "rep_counts": {str(t): self.analyzer.rep_count(t) for t in self.analyzer.track_ids},
+        }
+
+
+def _encode_jpeg(image: Any) -> str | None:
+    height, width = image.shape[:2]
+    if width > JPEG_WIDTH:
+        scale = JPEG_WIDTH / width
+        image = cv2.resize(image, (JPEG_WIDTH, round(height * scale)), interpolation=cv2.INTER_AREA)
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, 70])
+    return base64.b64encode(buf.tobytes()).decode("ascii") if ok else None
