@@ -241,3 +241,13 @@ def test_real_video_export_then_replay(tmp_path: Path, capsys, sample_video: Pat
     cap = cv2.VideoCapture(str(tmp_path / "a" / "annotated.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 100
     cap.release()
+
+
+def test_library_entry_point_with_progress(tmp_path: Path, capsys) -> None:
+    from pose_analyzer.pipeline import run_analysis
+
+    path = make_recording("jumping_jack", 1, size=(960, 1080)).write(tmp_path / "j.jsonl")
+    report, paths = run_analysis(path, "jumping_jack", out_dir=tmp_path / "o", progress=True)
+    assert report.people[0].rep_count == 1
+    assert set(paths) == {"report", "angles_csv", "angles_png", "video"}
+    assert "annotating" in capsys.readouterr().err

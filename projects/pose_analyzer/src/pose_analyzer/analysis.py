@@ -161,9 +161,17 @@ def angle_kinematics(angles: np.ndarray, t: np.ndarray) -> tuple[np.ndarray, np.
     return velocity, _nan_gradient(velocity, t)
 
 
+def _exercise(exercise: Exercise | str) -> Exercise:
+    if isinstance(exercise, str):
+        from pose_analyzer.exercises import get_exercise
+
+        return get_exercise(exercise)
+    return exercise
+
+
 def analyze_frames(
     frames: Iterable[FramePoses],
-    exercise: Exercise,
+    exercise: Exercise | str,
     fps: float,
     *,
     config: AnalysisConfig | None = None,
@@ -172,7 +180,12 @@ def analyze_frames(
     tracker: TrackerLike | None = None,
     on_frame: Callable[[FramePoses], None] | None = None,
 ) -> Report:
-    """Analyze a whole recording: every person's reps, scores and anomalies."""
+    """Analyze a whole recording: every person's reps, scores and anomalies.
+
+    `exercise` is an Exercise or the name of one; people without a track id
+    get one from the tracker, ids already present (replay files) are kept.
+    """
+    exercise = _exercise(exercise)
     config = config or AnalysisConfig()
     assign = IdAssigner(tracker)
     times: list[float] = []
@@ -298,13 +311,13 @@ class StreamAnalyzer:
 
     def __init__(
         self,
-        exercise: Exercise,
+        exercise: Exercise | str,
         *,
         config: AnalysisConfig | None = None,
         tracker: TrackerLike | None = None,
         keep_series: bool = False,
     ) -> None:
-        self.exercise = exercise
+        self.exercise = _exercise(exercise)
         self.config = config or AnalysisConfig()
         self._assign = IdAssigner(tracker)
         self._tracks: dict[int, _LiveTrack] = {}
