@@ -222,17 +222,17 @@ def analyze_frames(
         tt = t[lo:hi]
         drive = drive_values(exercise, smooth)
         drive_velocity = _nan_gradient(drive, tt)
-        person = PersonAnalyzer(exercise, tid)
+        analyzer = PersonAnalyzer(exercise, tid)
         for i in range(hi - lo):
-            person.step(float(tt[i]), smooth[i], float(drive_velocity[i]))
-        person.finish()
+            analyzer.step(float(tt[i]), smooth[i], float(drive_velocity[i]))
+        analyzer.finish()
         mask = present[lo:hi, p]
         report.people.append(
             PersonReport(
                 id=tid,
                 frames_seen=int(mask.sum()),
-                reps=person.reps,
-                anomalies=person.anomalies,
+                reps=analyzer.reps,
+                anomalies=analyzer.anomalies,
                 t=tt[mask],
                 angles=smooth[mask],
             )

@@ -43,7 +43,7 @@ def plot_angles(report: Report, exercise: Exercise, path: str | Path) -> None:
         ax.set_axis_off()
     for ax, person in zip(axes[:, 0], people, strict=False):
         for name in names:
-            values = person.angles[:, ANGLE_INDEX[name]] if len(person.angles) else []
+            values = person.angles[:, ANGLE_INDEX[name]] if len(person.angles) else np.zeros(0)
             ax.plot(person.t, values, lw=1.2, label=name)
         for rep in person.reps:
             color = "tab:green" if not rep.faults else "tab:red"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,8 +31,11 @@ class Fault:
         return {"code": self.code, "message": self.message}
 
 
-def combine(values: np.ndarray, how: str) -> np.ndarray:
-    """Per-frame combination over the last axis, NaN-aware (all NaN gives NaN)."""
+def combine(values: np.ndarray, how: str) -> Any:
+    """Per-frame combination over the last axis, NaN-aware (all NaN gives NaN).
+
+    Returns an array, or a numpy scalar for a single frame (1-D input).
+    """
     if values.ndim == 1:  # one frame: the live path, kept cheap
         finite = [v for v in values.tolist() if v == v]
         if not finite:
