@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Info, PlatformCollector, ProcessCollector
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
+)
 from prometheus_client.core import GaugeMetricFamily, InfoMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -118,3 +127,64 @@ class GpuCollector(Collector):
                 [], {"driver_version": driver_version, "cuda_driver_version": cuda_driver_version}
             )
         yield driver
+
+
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled", "timed_out")
+
+
+class JobMetrics:
+    """Profiling job and planner metrics, registered in the service's one registry.
+
+    ``gpu_profile_peak_bytes`` keeps at most ``max_models`` model label values
+    (least recently profiled dropped first): specs of user files are free text.
+    """
+
+    def __init__(self, registry: CollectorRegistry, *, max_models: int = 64) -> None:
+        self.jobs = Counter(
+            "gpu_profiling_jobs",
+            "Profiling jobs that entered each state",
+            ["state"],
+            registry=registry,
+        )
+        for state in JOB_STATES:
+            self.jobs.labels(state)
+        self.duration = Histogram(
+            "gpu_profiling_job_duration_seconds",
+            "Wall time of a profiling job from its start to its end, by final state",
+            ["state"],
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=registry,
+        )
+        self.peak = Gauge(
+            "gpu_profile_peak_bytes",
+            "Peak bytes of one training step from the last successful job per model and mode",
+            ["model", "mode"],
+            registry=registry,
+        )
+        self.recommended = Gauge(
+            "gpu_recommended_batch_size",
+            "Largest recommended batch of a planner workload on a machine profile",
+            ["machine", "workload"],
+            registry=registry,
+        )
+        self._max_models = max_models
+        self._models: OrderedDict[tuple[str, str], None] = OrderedDict()
+
+    def entered(self, state: str) -> None:
+        self.jobs.labels(state).inc()
+
+    def finished(self, state: str, seconds: float) -> None:
+        self.entered(state)
+        self.duration.labels(state).observe(seconds)
+
+    def observed_peak(self, model: str, mode: str, peak_bytes: float) -> None:
+        key = (model, mode)
+        self._models[key] = None
+        self._models.move_to_end(key)
+        self.peak.labels(model, mode).set(peak_bytes)
+        while len(self._models) > self._max_models:
+            old, _ = self._models.popitem(last=False)
+            self.peak.remove(*old)
+
+    def recommended_batch(self, machine: str, workload: str, batch: int) -> None:
+        self.recommended.labels(machine, workload).set(batch)

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
+import logging
+import threading
+from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI
@@ -11,8 +16,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from gpu_optimizer import __version__
-from gpu_optimizer.metrics import create_registry
+from gpu_optimizer.api.routes import machines, plans, profiles
+from gpu_optimizer.jobs.runner import JobRunner
+from gpu_optimizer.jobs.specs import validate_model, worker_spec
+from gpu_optimizer.metrics import JobMetrics, create_registry
 from gpu_optimizer.nvml import NvmlReader, default_reader
+from gpu_optimizer.settings import Settings, get_settings
+from gpu_optimizer.storage import Database
+
+log = logging.getLogger(__name__)
 
 GpuReaderDep = Annotated[NvmlReader, Depends(default_reader)]
 
@@ -46,10 +58,70 @@ class GpuOut(BaseModel):
     compute_capability: str | None
 
 
-def create_app() -> FastAPI:
-    app = FastAPI(title="gpu_optimizer", version=__version__)
+async def _recommend(runner: JobRunner, metrics: JobMetrics, settings: Settings) -> None:
+    """Recommended batch per machine for the planner's workloads, once, in a worker process."""
+    future = runner.run_task(
+        "recommend", {"workloads": settings.recommend_workloads}, settings.plan_timeout_s
+    )
+    try:
+        result = await asyncio.wrap_future(future)
+    except Exception as exc:
+        log.warning("batch-size recommendations for the metrics failed: %s", exc)
+        return
+    for row in result["recommendations"]:
+        metrics.recommended_batch(row["machine"]["name"], row["workload"], row["recommended_batch"])
+
+
+def _warm_validation() -> None:
+    """Import torchvision for model-name checks now rather than in the first request."""
+    try:
+        validate_model("resnet18", None)
+    except Exception as exc:
+        log.warning("could not load torchvision for model checks: %s", exc)
+
+
+@contextlib.asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    settings: Settings = app.state.settings
+    database = await asyncio.to_thread(Database, settings.sqlalchemy_url())
+    runner = JobRunner(
+        database,
+        workers=settings.worker_count,
+        job_timeout_s=settings.job_timeout_s,
+        resolve_spec=lambda spec: worker_spec(spec, settings.user_models_dir),
+        metrics=app.state.job_metrics,
+    )
+    failed, requeued = await asyncio.to_thread(runner.recover)
+    if failed or requeued:
+        log.warning(
+            "restart: %d interrupted job(s) marked failed, %d queued again", failed, requeued
+        )
+    runner.start(warm_up=settings.warm_workers)
+    threading.Thread(target=_warm_validation, name="warm-validation", daemon=True).start()
+    app.state.database, app.state.runner = database, runner
+    background = []
+    if settings.recommend_at_startup:
+        background.append(asyncio.create_task(_recommend(runner, app.state.job_metrics, settings)))
+    try:
+        yield
+    finally:
+        for task in background:
+            task.cancel()
+        await asyncio.to_thread(runner.stop)
+        database.dispose()
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    app = FastAPI(title="gpu_optimizer", version=__version__, lifespan=_lifespan)
+    if settings is not None:
+        app.dependency_overrides[get_settings] = lambda: settings
+    app.state.settings = settings or get_settings()
     registry = create_registry()
     app.state.registry = registry
+    app.state.job_metrics = JobMetrics(registry)
+    app.include_router(machines.router)
+    app.include_router(profiles.router)
+    app.include_router(plans.router)
 
     @app.get("/health")
     def health() -> dict[str, Any]:

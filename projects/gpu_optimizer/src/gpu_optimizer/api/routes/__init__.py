@@ -1,0 +1,1 @@
+"""Route modules of the GPU optimizer API, each a thin translation from HTTP to library calls."""
