@@ -206,3 +206,24 @@ def test_tracker_keeps_ids_when_the_second_person_crosses(mode: str, exercises) 
         (len(rec.frames), 0),
         (len(rec.frames), 5),
     ]
+
+
+def test_angular_velocity_and_acceleration_units() -> None:
+    from pose_analyzer.analysis import angle_kinematics
+
+    t = np.arange(120) / 60.0
+    angles = np.stack([10.0 * t**2, 30.0 * t], axis=1)  # deg
+    velocity, acceleration = angle_kinematics(angles, t)
+    np.testing.assert_allclose(velocity[1:-1, 0], 20.0 * t[1:-1], atol=1e-9)  # deg/s
+    np.testing.assert_allclose(velocity[:, 1], 30.0, atol=1e-9)
+    np.testing.assert_allclose(acceleration[2:-2, 0], 20.0, atol=1e-6)  # deg/s^2
+
+
+def test_live_velocity_follows_the_motion(exercises) -> None:
+    rec = make_recording("squat", 2)
+    analyzer = StreamAnalyzer(exercises["squat"])
+    knee = ANGLE_INDEX["left_knee_flexion"]
+    speeds = [abs(analyzer.update(f).people[0].angular_velocity[knee]) for f in rec.frames]
+    true_peak = (110 - 5) * np.pi / (2 * rec.tempo[0])
+    assert np.nanmax(speeds) == pytest.approx(true_peak, rel=0.15)
+    assert np.nanmedian(speeds[: int(0.5 * rec.fps)]) < 1.0  # still at rest

@@ -101,16 +101,18 @@ class OneEuroFilter:
         self.reset_after_s = reset_after_s
         self._x: np.ndarray | None = None
         self._dx: np.ndarray | None = None
+        self._v: np.ndarray | None = None
         self._t: np.ndarray | None = None
 
     def __call__(self, x: npt.ArrayLike, t: float) -> tuple[np.ndarray, np.ndarray]:
-        """Filtered value and its derivative (units/s) for the sample `x` at time `t`."""
+        """Filtered value and its rate of change (units/s) for the sample `x` at time `t`."""
         x = np.asarray(x, dtype=np.float64)
         if self._x is None or self._x.shape != x.shape:
             self._x = np.full(x.shape, np.nan)
             self._dx = np.full(x.shape, np.nan)
+            self._v = np.full(x.shape, np.nan)
             self._t = np.full(x.shape, -np.inf)
-        assert self._dx is not None and self._t is not None
+        assert self._dx is not None and self._v is not None and self._t is not None
         ok = np.isfinite(x)
         dt = t - self._t
         fresh = ok & (~np.isfinite(self._x) | (dt > self.reset_after_s) | (dt <= 0))
@@ -120,6 +122,7 @@ class OneEuroFilter:
         if fresh.any():
             self._x[fresh] = x[fresh]
             self._dx[fresh] = np.nan
+            self._v[fresh] = np.nan
             self._t[fresh] = t
             x_out[fresh] = x[fresh]
         if step.any():
@@ -131,9 +134,14 @@ class OneEuroFilter:
             cutoff = self.min_cutoff + self.beta * np.abs(dx)
             a = _alpha(cutoff, d)
             xf = a * x[step] + (1 - a) * self._x[step]
-            self._x[step], self._dx[step], self._t[step] = xf, dx, t
-            x_out[step], dx_out[step] = xf, dx
+            # The speed reported is that of the filtered signal (smoothed like dx): the
+            # dx above, measured against the lagging filtered value, overstates it.
+            raw_v = (xf - self._x[step]) / d
+            prev_v = self._v[step]
+            v = np.where(np.isfinite(prev_v), a_d * raw_v + (1 - a_d) * prev_v, raw_v)
+            self._x[step], self._dx[step], self._v[step], self._t[step] = xf, dx, v, t
+            x_out[step], dx_out[step] = xf, v
         return x_out, dx_out
 
     def reset(self) -> None:
-        self._x = self._dx = self._t = None
+        self._x = self._dx = self._v = self._t = None
