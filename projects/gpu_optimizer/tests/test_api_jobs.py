@@ -274,6 +274,21 @@ def test_failing_jobs_end_failed_with_the_reason_and_the_api_keeps_answering(
     assert job["result"] is None
 
 
+def test_measure_job_result_equals_the_profiler_on_the_cpu(server: Server, workdir: Path) -> None:
+    body = {"model": "nets:mlp", "input_shape": [12], "batch_size": 4, "optimizer": "adam"}
+    job_id = server.post("/profiles", {**body, "mode": "measure", "device": "cpu"}).json()["id"]
+
+    from gpu_optimizer.profiler import profile
+
+    spec = f"{(workdir / 'user_models' / 'nets.py').resolve()}:mlp"
+    expected = profile(spec, (12,), 4, device="cpu", optimizer="adam").to_dict()
+    job = server.wait_job(job_id)
+    assert job["state"] == "succeeded", job
+    assert job["result"]["device"] == "cpu"
+    assert job["result"]["peak_bytes"] == expected["peak_bytes"] > 0
+    assert job["result"]["breakdown"] == expected["breakdown"]
+
+
 def test_cancel_kills_the_worker(server: Server, workdir: Path) -> None:
     before = set(sleeper_pids(workdir))
     job_id = server.post(

@@ -250,3 +250,33 @@ def predicted_peak_bytes(workload: Workload, batch_size: int, plan: str = "plain
     """Tracked (allocator-level) peak of ``workload`` at ``batch_size`` under ``plan``."""
     fitted = _fitted(_validate(workload))
     return fitted.get(plan, fitted["plain"]).peak_bytes(batch_size)
+
+
+POSE_INFERENCE_WORKLOAD = next(w for w in DEFAULT_WORKLOADS if w.name == "yolo11n-pose-infer")
+# Frames per forward without a GPU: the CPU gains little from batching and each
+# frame's latency grows with the batch.
+CPU_POSE_BATCH = 1
+# More frames per forward than a few streams deliver at once only adds latency.
+POSE_BATCH_LIMIT = 32
+
+
+def pose_inference_batch_size(
+    vram_bytes: int | None,
+    *,
+    limit: int = POSE_BATCH_LIMIT,
+    cpu_batch: int = CPU_POSE_BATCH,
+    safety_margin: float = 0.1,
+) -> int:
+    """Frames per YOLO11-pose inference for the pose service, across its streams.
+
+    ``vram_bytes`` is the GPU memory the service may use (NVML's total, or its
+    free memory on a shared card); None or 0 means no GPU, which gives
+    ``cpu_batch``. Otherwise it is the planner's recommendation for the
+    ``yolo11n-pose-infer`` workload, capped at ``limit`` and at least 1.
+    """
+    if not vram_bytes or vram_bytes <= 0:
+        return max(1, cpu_batch)
+    recommendation = recommend_batch_sizes(
+        vram_bytes, [POSE_INFERENCE_WORKLOAD], safety_margin=safety_margin
+    )[0]
+    return max(1, min(limit, recommendation.recommended_batch))

@@ -21,6 +21,7 @@ import torch
 from gpu_optimizer import planning
 from gpu_optimizer.estimator import estimate
 from gpu_optimizer.models import ModelSpecError
+from gpu_optimizer.profiler import profile
 
 Progress = Callable[[float], None]
 
@@ -29,21 +30,25 @@ class MemoryBudgetExceeded(RuntimeError):
     """The job's peak is above the memory budget its request set."""
 
 
+class OutOfMemory(RuntimeError):
+    """A measured step ran out of device memory (the profiler reports it, we fail the job)."""
+
+
 def run_profile(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """One profiling job: estimate on fake tensors, or measure a real step on the CPU."""
+    """One profiling job: estimate on fake tensors, or measure one real step on a device."""
     progress(0.05)
-    fake = request.get("mode", "estimate") == "estimate"
-    device = request.get("device") or "cpu"
-    if not fake and device != "cpu":
-        raise ModelSpecError(f"device {device!r}: measuring is supported on the CPU only here")
-    result = estimate(
-        request["model"],
-        tuple(request["input_shape"]),
-        int(request["batch_size"]),
-        optimizer=request.get("optimizer", "adamw"),
-        dtype=request.get("dtype", "fp32"),
-        fake=fake,
-    ).to_dict(per_module=True)
+    shape = tuple(request["input_shape"])
+    common = {"optimizer": request.get("optimizer", "adamw"), "dtype": request.get("dtype", "fp32")}
+    if request.get("mode", "estimate") == "estimate":
+        result = estimate(request["model"], shape, int(request["batch_size"]), **common).to_dict()
+    else:
+        device = request.get("device") or ("cuda" if torch.cuda.is_available() else "cpu")
+        measured = profile(
+            request["model"], shape, int(request["batch_size"]), device=device, **common
+        )
+        if not measured.ok:
+            raise OutOfMemory(measured.error or "out of memory")
+        result = measured.to_dict()
     progress(0.95)
     budget = request.get("memory_budget_bytes")
     if budget is not None and result["peak_bytes"] > budget:
@@ -108,7 +113,7 @@ TASKS: dict[str, Callable[[dict[str, Any], Progress], dict[str, Any]]] = {
 
 def describe_error(exc: BaseException) -> str:
     """The message a user sees: ours verbatim, anything else with its type and origin."""
-    if isinstance(exc, (ModelSpecError, MemoryBudgetExceeded)):
+    if isinstance(exc, (ModelSpecError, MemoryBudgetExceeded, OutOfMemory)):
         return str(exc)
     where = ""
     frames = traceback.extract_tb(exc.__traceback__)
