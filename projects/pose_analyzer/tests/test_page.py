@@ -1,0 +1,112 @@
+"""The live page in a real headless Chromium, against a real server."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from service_helpers import REPO, make_data_dir, running_server
+from synthetic import make_recording
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = REPO / "test-artifacts"
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.integration,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory):
+    data = make_data_dir(tmp_path_factory.mktemp("pose-page"))
+    make_recording("squat", 6, fps=30.0, tempo=(0.7, 0.1, 0.7, 0.3)).write(data / "squats.jsonl")
+    with running_server(data, f"sqlite:///{data.parent / 'page.db'}") as srv:
+        yield srv
+
+
+@pytest.fixture
+def page():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(
+            executable_path=CHROMIUM,
+            args=[
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-component-update", "--disable-sync", "--no-first-run",
+            ],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1280, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda exc: errors.append(str(exc)))
+        page.errors = errors  # type: ignore[attr-defined]
+        yield page
+        browser.close()
+
+
+def test_streams_appear_canvas_updates_and_reps_count(server, page) -> None:
+    page.goto(server.url + "/")
+    page.wait_for_selector("#f-exercise option[value=squat]", state="attached", timeout=30_000)
+    assert page.locator("#empty").is_visible()
+
+    page.fill("#f-source", "squats.jsonl")
+    page.select_option("#f-exercise", "squat")
+    page.click("#f-start")
+    card = page.locator(".card").first
+    card.wait_for(timeout=30_000)
+    assert "squat" in card.locator(".title").inner_text()
+
+    canvas = card.locator("canvas")
+    page.wait_for_function(
+        "() => Number(document.querySelector('.card canvas').dataset.frame || -1) >= 0",
+        timeout=30_000,
+    )
+    first = int(canvas.get_attribute("data-frame") or -1)
+    page.wait_for_function(
+        f"() => Number(document.querySelector('.card canvas').dataset.frame) > {first + 10}",
+        timeout=30_000,
+    )
+    # The skeleton is drawn: some canvas pixels are not background black.
+    lit = page.evaluate(
+        """() => { const c = document.querySelector('.card canvas');
+                   const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+                   let n = 0;
+                   for (let i = 0; i < d.length; i += 4) if (d[i] + d[i+1] + d[i+2] > 60) n++;
+                   return n; }"""
+    )
+    assert lit > 200
+    page.wait_for_function(
+        "() => Number(document.querySelector('.card .reps').textContent) >= 2", timeout=30_000
+    )
+    score = card.locator(".score").inner_text()
+    assert score != "–" and 0 <= float(score) <= 100
+    assert card.locator(".angles tr").count() > 3
+
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "live-page.png"), full_page=True)
+
+    # Session history: the replayed session is listed with its reps and chart.
+    page.wait_for_function(
+        "() => Number(document.querySelector('.card .reps').textContent) >= 6", timeout=60_000
+    )
+    page.click("#tab-history")
+    page.wait_for_selector("#sessions tbody tr", timeout=30_000)
+    page.locator("#sessions tbody tr").first.click()
+    page.wait_for_selector("#session-detail tbody tr", timeout=30_000)
+    assert page.locator("#session-detail tbody tr").count() == 6
+    page.screenshot(path=str(ARTIFACTS / "session-history.png"), full_page=True)
+    assert not page.errors, page.errors
+
+
+def test_a_bad_source_shows_the_service_message(server, page) -> None:
+    page.goto(server.url + "/")
+    page.wait_for_selector("#f-exercise option[value=squat]", state="attached", timeout=30_000)
+    page.fill("#f-source", "../secret.mp4")
+    page.click("#f-start")
+    page.wait_for_function(
+        "() => document.querySelector('#form-error').textContent.length > 0", timeout=30_000
+    )
+    assert "outside the data directory" in page.inner_text("#form-error")
