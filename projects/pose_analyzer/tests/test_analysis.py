@@ -227,3 +227,18 @@ def test_live_velocity_follows_the_motion(exercises) -> None:
     true_peak = (110 - 5) * np.pi / (2 * rec.tempo[0])
     assert np.nanmax(speeds) == pytest.approx(true_peak, rel=0.15)
     assert np.nanmedian(speeds[: int(0.5 * rec.fps)]) < 1.0  # still at rest
+
+
+def test_live_state_forgets_passers_by(exercises) -> None:
+    from pose_analyzer.keypoints import FramePoses
+
+    rec = make_recording("squat", 2, crosser=True)
+    analyzer = StreamAnalyzer(exercises["squat"], forget_after_s=1.0)
+    for frame in rec.frames:
+        analyzer.update(frame)
+    assert analyzer.track_ids == [1, 2]
+    end = rec.frames[-1].t
+    for k in range(1, 300):  # nobody in view for 10 s
+        analyzer.update(FramePoses(len(rec.frames) + k, end + k / 30, 1920, 1080, []))
+    assert analyzer.track_ids == [1]  # the athlete with reps stays, the passer-by is gone
+    assert analyzer.rep_count(1) == 2

@@ -316,12 +316,16 @@ class StreamAnalyzer:
         config: AnalysisConfig | None = None,
         tracker: TrackerLike | None = None,
         keep_series: bool = False,
+        forget_after_s: float = 60.0,
     ) -> None:
         self.exercise = _exercise(exercise)
         self.config = config or AnalysisConfig()
         self._assign = IdAssigner(tracker)
         self._tracks: dict[int, _LiveTrack] = {}
         self.keep_series = keep_series
+        # Passers-by who never did a rep are forgotten after this long unseen, so a
+        # stream that runs for days keeps bounded state.
+        self.forget_after_s = forget_after_s
         self.frames = 0
 
     @property
@@ -334,6 +338,8 @@ class StreamAnalyzer:
 
     def update(self, frame: FramePoses) -> FrameResult:
         self.frames += 1
+        if self.frames % 256 == 0:
+            self._forget(frame.t)
         people = self._assign(frame)
         result = FrameResult(index=frame.index, t=frame.t)
         if not people:
@@ -386,6 +392,16 @@ class StreamAnalyzer:
                 )
             )
         return result
+
+    def _forget(self, now: float) -> None:
+        for tid in [
+            tid
+            for tid, tr in self._tracks.items()
+            if now - tr.t > self.forget_after_s
+            and not tr.analyzer.reps
+            and not tr.analyzer.counter.in_rep
+        ]:
+            del self._tracks[tid]
 
     def finish(self) -> list[RepReport]:
         """End of stream: complete reps that had already returned to rest."""
