@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +122,34 @@ def test_truncated_mp4_is_corrupt(clip: Path, tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])  # loses the index at the end
     with pytest.raises(CorruptVideoError, match="truncated"):
         open_video(path)
+
+
+@pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="needs the ffmpeg program")
+def test_file_cut_midway_reads_what_is_there_and_says_truncated(clip: Path, tmp_path: Path) -> None:
+    # With the index at the front (faststart), a cut file still opens: the frames that
+    # survive are read, then iteration stops and `truncated` tells the caller.
+    fast = tmp_path / "fast.mp4"
+    remux = ["ffmpeg", "-v", "error", "-y", "-i", str(clip), "-c", "copy"]
+    subprocess.run([*remux, "-movflags", "+faststart", str(fast)], check=True, timeout=60)
+    data = fast.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with open_video(cut) as src:
+        assert src.frame_count == N
+        got = [i for i, _, _ in src]
+    assert 0 < len(got) < N - 1
+    assert src.truncated
+
+
+def test_sample_video_metadata() -> None:
+    from pose_analyzer.settings import get_settings
+
+    path = get_settings().data_dir / "samples" / "pose2sim" / "single" / "cam01.mp4"
+    if not path.is_file():
+        pytest.skip("sample video cam01.mp4 is absent; run `python scripts/fetch_samples.py`")
+    with open_video(path) as src:
+        assert (src.fps, src.frame_count, src.size) == (60.0, 100, (1080, 1920))
+        assert not src.live
 
 
 def test_every_error_is_a_video_error() -> None:
