@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
     top.add_argument("--interval", type=_positive_seconds, default=1.0, help="seconds (default 1)")
     top.add_argument("--once", action="store_true", help="print one table and exit")
     top.set_defaults(func=_top)
+    from gpu_optimizer.commands import add_memory_commands
+
+    add_memory_commands(sub)
     return parser
 
 

@@ -41,6 +41,7 @@ from gpu_optimizer.checkpointing import CheckpointManager, discover_blocks
 from gpu_optimizer.models import (
     DTYPES,
     ModelBundle,
+    ModelSpecError,
     build_bundle,
     check_dtype,
     check_optimizer,
@@ -48,7 +49,7 @@ from gpu_optimizer.models import (
     parse_shape,
 )
 from gpu_optimizer.swapper import TensorSwapper
-from gpu_optimizer.tracker import CUDA_BLOCK_BYTES, MemoryReport, MemoryTracker
+from gpu_optimizer.tracker import CUDA_BLOCK_BYTES, MemoryReport, MemoryTracker, is_oom
 
 Mode = Literal["train", "infer"]
 Plan = Literal["plain", "checkpointing", "offload"]
@@ -203,6 +204,7 @@ class _Session:
     def __init__(
         self, spec: str, optimizer: str, mode: Mode, *, fake: bool, device: str = "cpu"
     ) -> None:
+        self.spec = spec
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
         self.device = torch.device(device)
         ctx = self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
@@ -225,10 +227,15 @@ class _Session:
         plan: str,
         round_to: int,
         optimizer_step: bool = True,
+        limit_bytes: int | None = None,
     ) -> MemoryReport:
         ctx = self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
         tracker = MemoryTracker(
-            self.bundle.model, self.optimizer, device=self.device, round_to=round_to
+            self.bundle.model,
+            self.optimizer,
+            device=self.device,
+            round_to=round_to,
+            limit_bytes=limit_bytes,
         )
         # The tracker goes outermost: saved-tensor hooks entered later (the plan's) take precedence.
         with (
@@ -236,17 +243,26 @@ class _Session:
             tracker,
             _plan_context(plan, self.bundle.model, simulate=self.fake_mode is not None),
         ):
-            run_step(
-                self.bundle,
-                self.optimizer,
-                batch_size,
-                input_shape,
-                mode=self.mode,
-                dtype=dtype,
-                tracker=tracker,
-                device=self.device,
-                optimizer_step=optimizer_step,
-            )
+            try:
+                run_step(
+                    self.bundle,
+                    self.optimizer,
+                    batch_size,
+                    input_shape,
+                    mode=self.mode,
+                    dtype=dtype,
+                    tracker=tracker,
+                    device=self.device,
+                    optimizer_step=optimizer_step,
+                )
+            except Exception as exc:
+                if is_oom(exc) or isinstance(exc, ModelSpecError):
+                    raise
+                first_line = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise ModelSpecError(
+                    f"{self.spec} failed at batch size {batch_size} with input shape "
+                    f"{','.join(map(str, input_shape))}: {first_line}"
+                ) from exc
         return tracker.report()
 
 

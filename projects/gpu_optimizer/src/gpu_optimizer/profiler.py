@@ -15,7 +15,7 @@ import torch
 
 from gpu_optimizer.estimator import Mode, _Session
 from gpu_optimizer.models import check_dtype, check_optimizer, parse_shape
-from gpu_optimizer.tracker import MemoryReport
+from gpu_optimizer.tracker import MemoryReport, is_oom
 
 
 @dataclass
@@ -52,13 +52,6 @@ class ProfileResult:
         if self.snapshot is not None:
             out["snapshot"] = self.snapshot
         return out
-
-
-def is_oom(exc: BaseException) -> bool:
-    """CUDA OOM, or the CPU allocator failing, or the tracker's budget being exceeded."""
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
 def free_memory(device: torch.device) -> None:

@@ -51,6 +51,22 @@ CUDA_BLOCK_BYTES = 512
 _ACTIVE: list[MemoryTracker] = []
 
 
+class MemoryBudgetExceeded(RuntimeError):
+    """Raised at the allocation that takes a tracker past its ``limit_bytes``.
+
+    The message contains "out of memory" so code handling a real CUDA OOM
+    handles this the same way: a budget below the device's capacity behaves
+    like a smaller device, which makes OOM handling testable on the CPU.
+    """
+
+
+def is_oom(exc: BaseException) -> bool:
+    """CUDA OOM, the CPU allocator failing, or a tracker's budget being exceeded."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
 def notify_saved(tensor: torch.Tensor) -> None:
     """Tell active trackers that ``tensor`` is kept for backward.
 
@@ -128,7 +144,8 @@ class MemoryTracker:
 
     ``device`` selects what counts: only storages of tensors on that device
     (default: the device of the model's first parameter). ``round_to`` models
-    allocator rounding (use 512 for CUDA); the raw sizes are kept as well.
+    allocator rounding (use 512 for CUDA). ``limit_bytes`` makes the tracker
+    raise :class:`MemoryBudgetExceeded` when live bytes go above it.
     """
 
     def __init__(
@@ -138,6 +155,7 @@ class MemoryTracker:
         *,
         device: torch.device | str | None = None,
         round_to: int = 1,
+        limit_bytes: int | None = None,
     ) -> None:
         self.model = model
         self.optimizer = optimizer
@@ -146,6 +164,7 @@ class MemoryTracker:
             device = first.device if first is not None else "cpu"
         self.device = torch.device(device if device is not None else "cpu")
         self.round_to = max(1, int(round_to))
+        self.limit_bytes = limit_bytes
         self._storages: dict[int, _Storage] = {}
         self._refs: dict[int, Any] = {}
         self._events: list[tuple[_Storage, int]] = []
@@ -183,6 +202,11 @@ class MemoryTracker:
         if self._live > self._peak:
             self._peak = self._live
             self._peak_event = len(self._events) - 1
+        if self.limit_bytes is not None and delta > 0 and self._live > self.limit_bytes:
+            raise MemoryBudgetExceeded(
+                f"out of memory: tracked budget of {self.limit_bytes} bytes exceeded "
+                f"({self._live} bytes live in {self._phase})"
+            )
 
     def _release(self, key: int) -> None:
         info = self._storages.pop(key, None)
