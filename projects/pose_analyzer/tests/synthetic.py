@@ -89,6 +89,7 @@ MOTIONS: dict[str, Motion] = {
         rest={**_STAND, "pitch": 75, "arm_l": 80, "arm_r": 80, "elbow_l": 5, "elbow_r": 5},
         extreme={"elbow_l": 100, "elbow_r": 100, "arm_l": 65, "arm_r": 65},
         bend="back",
+        faults={"shallow": {"elbow_l": 72, "elbow_r": 72}},
     ),
     "lunge": Motion(
         view="side",
@@ -100,12 +101,14 @@ MOTIONS: dict[str, Motion] = {
         view="side",
         rest={**_STAND, "arm_l": 5, "arm_r": 5, "elbow_l": 10, "elbow_r": 10},
         extreme={"elbow_l": 140, "elbow_r": 140, "arm_l": 10, "arm_r": 10},
+        faults={"half": {"elbow_l": 105, "elbow_r": 105}},
     ),
     "shoulder_press": Motion(
         view="front",
         rest={**_STAND, "arm_plane": 90, "arm_l": 85, "arm_r": 85, "elbow_l": 95, "elbow_r": 95},
         extreme={"arm_l": 170, "arm_r": 170, "elbow_l": 5, "elbow_r": 5},
         bend="up",
+        faults={"short": {"arm_l": 138, "arm_r": 138, "elbow_l": 30, "elbow_r": 30}},
     ),
     "jumping_jack": Motion(
         view="front",
@@ -121,6 +124,7 @@ MOTIONS: dict[str, Motion] = {
             "hip_r": 2,
         },
         extreme={"arm_l": 165, "arm_r": 165, "hip_l": 15, "hip_r": 15},
+        faults={"low_arms": {"arm_l": 120, "arm_r": 120}},
     ),
 }
 # The squat filmed from the front, feet turned out 30 deg, upright trunk and knees

@@ -90,6 +90,10 @@ FAULT_CASES = [
     ("squat", "trunk_lean", "excessive_trunk_lean"),
     ("squat_front", "valgus", "knee_valgus"),
     ("lunge", "shallow", "insufficient_depth"),
+    ("push_up", "shallow", "insufficient_depth"),
+    ("bicep_curl", "half", "incomplete_curl"),
+    ("shoulder_press", "short", "incomplete_lockout"),
+    ("jumping_jack", "low_arms", "arms_not_overhead"),
 ]
 
 
