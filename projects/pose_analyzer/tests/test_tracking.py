@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from pose_analyzer.keypoints import NUM_JOINTS, PersonPose
 from pose_analyzer.tracking import Tracker, box_from_keypoints, iou_matrix
 
@@ -178,3 +179,31 @@ def test_person_without_any_joint_or_box_gets_no_id() -> None:
     kp[:, :2] = np.nan
     (p,) = Tracker().update([PersonPose(keypoints=kp)], 0.0)
     assert p.track_id is None
+
+
+@pytest.mark.parametrize(("away_s", "speed"), [(0.2, 300), (0.4, 300), (0.7, 300), (0.5, 700)])
+def test_person_stepping_out_of_the_frame_and_back_keeps_the_id(
+    away_s: float, speed: float
+) -> None:
+    # Walks right until out of a 640 px wide frame, waits there, then comes back the
+    # way they went: the motion model points the wrong way on return. At 700 px/s the
+    # prediction runs more than a body height past the exit before it is capped, so
+    # only matching at the last seen place can recover the person.
+    out_since = 0.0
+    tracker = Tracker(max_age_s=1.0)
+    ids = set()
+    x, vx = 400.0, float(speed)
+    for i in range(90):
+        t = i / FPS
+        if x > 640 and vx > 0:
+            vx = 0.0  # out of view: standing outside for a while
+            out_since = t
+        if vx == 0.0 and t - out_since >= away_s:
+            vx = -float(speed)
+        x += vx / FPS
+        if x > 620:  # not visible
+            tracker.update([], t)
+            continue
+        (p,) = tracker.update([person(x, 300)], t)
+        ids.add(p.track_id)
+    assert ids == {1}

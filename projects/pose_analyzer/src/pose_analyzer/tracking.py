@@ -43,6 +43,7 @@ class _Track:
     velocity: np.ndarray  # (J, 2) px/s, NaN where unknown
     box_velocity: np.ndarray  # (4,) px/s
     hits: int = 1
+    missed: int = 0  # updates since the last match
 
     def predict(self, t: float, horizon: float) -> tuple[np.ndarray, np.ndarray]:
         dt = min(max(t - self.t, 0.0), horizon)
@@ -106,25 +107,43 @@ class Tracker:
     def _cost(self, people: list[PersonPose], boxes: np.ndarray, t: float) -> np.ndarray:
         cfg = self.config
         pred = [tr.predict(t, cfg.max_prediction_s) for tr in self._tracks]
-        pred_xy = np.stack([p[0] for p in pred])  # (T, J, 2)
-        pred_box = np.stack([p[1] for p in pred])  # (T, 4)
-        tr_ok = np.stack([tr.keypoints[:, 2] >= cfg.min_keypoint_confidence for tr in self._tracks])
         det_kp = np.stack([p.keypoints for p in people])  # (D, J, 3)
+        cost = self._pair_cost(
+            np.stack([p[0] for p in pred]), np.stack([p[1] for p in pred]), det_kp, boxes
+        )
+        coasting = np.array([tr.missed > 0 for tr in self._tracks])
+        if coasting.any():
+            # Someone who stepped out of view often comes back where they left, not where
+            # their last motion pointed: a coasting track may also match at its last place.
+            last = self._pair_cost(
+                np.stack([tr.keypoints[:, :2] for tr in self._tracks]),
+                np.stack([tr.box for tr in self._tracks]),
+                det_kp,
+                boxes,
+            )
+            cost = np.where(coasting[:, None], np.minimum(cost, last), cost)
+        return cost
+
+    def _pair_cost(
+        self, track_xy: np.ndarray, track_box: np.ndarray, det_kp: np.ndarray, boxes: np.ndarray
+    ) -> np.ndarray:
+        """(tracks, detections) cost for tracks placed at track_xy (T, J, 2) / track_box (T, 4)."""
+        cfg = self.config
+        tr_ok = np.stack([tr.keypoints[:, 2] >= cfg.min_keypoint_confidence for tr in self._tracks])
         det_ok = det_kp[:, :, 2] >= cfg.min_keypoint_confidence
         both = tr_ok[:, None, :] & det_ok[None, :, :]  # (T, D, J)
-        dist = np.linalg.norm(pred_xy[:, None, :, :] - det_kp[None, :, :, :2], axis=-1)
+        dist = np.linalg.norm(track_xy[:, None, :, :] - det_kp[None, :, :, :2], axis=-1)
         dist = np.where(both, dist, 0.0)
         shared = both.sum(axis=-1)
         scale = np.array([tr.scale for tr in self._tracks])[:, None]
         kp_dist = np.where(shared > 0, dist.sum(axis=-1) / np.maximum(shared, 1) / scale, np.inf)
-        iou = iou_matrix(pred_box, boxes)
+        iou = iou_matrix(track_box, boxes)
         kp_term = np.minimum(kp_dist, cfg.max_keypoint_distance)
         cost = cfg.iou_weight * (1.0 - iou) + (1.0 - cfg.iou_weight) * kp_term
         # Without shared joints, only box overlap can vouch for a match.
         cost = np.where(shared > 0, cost, 1.0 - iou)
         feasible = (kp_dist <= cfg.max_keypoint_distance) | ((shared == 0) & (iou > 0.3))
-        cost = np.where(feasible & (cost <= cfg.max_cost), cost, _INFEASIBLE)
-        return cost
+        return np.where(feasible & (cost <= cfg.max_cost), cost, _INFEASIBLE)
 
     def update(self, people: list[PersonPose], t: float) -> list[PersonPose]:
         """The same people, in the same order, with `track_id` set."""
@@ -152,6 +171,10 @@ class Tracker:
                 if cost[r, c] < _INFEASIBLE:
                     assigned[int(c)] = self._tracks[int(r)]
 
+        matched = {id(tr) for tr in assigned.values()}
+        for tr in self._tracks:
+            if id(tr) not in matched:
+                tr.missed += 1
         out = []
         for i, person in enumerate(people):
             track = assigned.get(i)
@@ -195,3 +218,4 @@ class Tracker:
             track.box = box.copy()
         track.t = t
         track.hits += 1
+        track.missed = 0
