@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ def _param_count(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-def discover_blocks(model: nn.Module, *, max_fraction: float = 0.25) -> list[str]:
+def discover_blocks(model: nn.Module, *, max_fraction: float = 0.5) -> list[str]:
     """Names of the natural checkpoint segments of a model ("blocks").
 
     Containers of non-leaf modules (a ResNet stage, a ViT encoder's layers, an
@@ -127,3 +128,223 @@ class CheckpointManager:
 
     def __exit__(self, *exc: object) -> None:
         self.remove()
+
+
+# -- measuring and choosing -------------------------------------------------------
+
+LossFn = Callable[[], torch.Tensor]
+
+
+@dataclass
+class BlockCost:
+    name: str
+    activation_bytes: int  # saved inside the block at the end of forward: what checkpointing frees
+    flops: int  # forward + backward flops attributed to the block: proxy for its recompute cost
+
+
+@dataclass
+class CheckpointReport:
+    """Effect of checkpointing ``blocks``: tracked memory and step time, before and after."""
+
+    blocks: list[str]
+    activation_peak_before: int
+    activation_peak_after: int
+    peak_before: int
+    peak_after: int
+    recompute_fraction: float
+    seconds_before: float | None = None
+    seconds_after: float | None = None
+
+    @property
+    def activation_saved_bytes(self) -> int:
+        return self.activation_peak_before - self.activation_peak_after
+
+    @property
+    def activation_saved_ratio(self) -> float:
+        return self.activation_saved_bytes / max(self.activation_peak_before, 1)
+
+    @property
+    def time_overhead_ratio(self) -> float | None:
+        if not self.seconds_before or self.seconds_after is None:
+            return None
+        return self.seconds_after / self.seconds_before - 1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "blocks": list(self.blocks),
+            "activation_peak_before_bytes": self.activation_peak_before,
+            "activation_peak_after_bytes": self.activation_peak_after,
+            "activation_saved_bytes": self.activation_saved_bytes,
+            "activation_saved_ratio": self.activation_saved_ratio,
+            "peak_before_bytes": self.peak_before,
+            "peak_after_bytes": self.peak_after,
+            "recompute_fraction": self.recompute_fraction,
+            "seconds_before": self.seconds_before,
+            "seconds_after": self.seconds_after,
+            "time_overhead_ratio": self.time_overhead_ratio,
+        }
+
+
+def _tracked(model: nn.Module, loss_fn: LossFn, keep: dict[str, list[Any]] | None = None) -> Any:
+    from gpu_optimizer.tracker import MemoryTracker
+
+    with MemoryTracker(model) as tracker:
+        with tracker.phase("forward"):
+            loss = loss_fn()
+        # What each watched block returned and is still alive after forward, deduplicated.
+        tracker.output_infos = {}
+        for name, refs in (keep or {}).items():
+            seen: dict[int, Any] = {}
+            for ref in refs:
+                storage = ref()
+                if storage is not None and id(storage) not in seen:
+                    seen[id(storage)] = tracker.storage_info(storage)
+            tracker.output_infos[name] = [i for i in seen.values() if i is not None]
+        with tracker.phase("backward"):
+            loss.backward()
+            del loss
+    model.zero_grad(set_to_none=True)
+    return tracker
+
+
+def _activation_peak(tracker: Any) -> int:
+    curve = tracker.report().category_timeline["activations"]
+    return int(curve.max()) if len(curve) else 0
+
+
+def block_costs(
+    model: nn.Module, loss_fn: LossFn, blocks: Sequence[str] | None = None
+) -> list[BlockCost]:
+    """Memory each block would free when checkpointed, and its compute, from one tracked step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    names = list(blocks) if blocks is not None else discover_blocks(model)
+    modules = dict(model.named_modules())
+    outputs: dict[str, list[Any]] = {name: [] for name in names}
+    hooks = []
+    for name in names:
+
+        def keep_output(_m: nn.Module, _a: Any, out: Any, name: str = name) -> None:
+            for leaf in tree_leaves(out):
+                if isinstance(leaf, torch.Tensor):
+                    outputs[name].append(weakref.ref(leaf.untyped_storage()))
+
+        hooks.append(modules[name].register_forward_hook(keep_output))
+    try:
+        with FlopCounterMode(display=False) as counter:
+            tracker = _tracked(model, loss_fn, keep=outputs)
+    finally:
+        for h in hooks:
+            h.remove()
+    per_module = tracker.live_at(tracker.phase_end("forward"))
+    counts = counter.get_flop_counts()
+    root = type(model).__name__
+    costs = []
+    for name in names:
+        inside = [m for m in per_module if m.startswith(f"{name}.")]
+        act = sum(per_module[m]["activations"] for m in inside)
+        # The block's output stays saved if a layer after the block saved it too.
+        act -= sum(
+            nbytes
+            for module, category, nbytes, saved_by in tracker.output_infos.get(name, [])
+            if category == "activations"
+            and module.startswith(f"{name}.")
+            and any(m != name and not m.startswith(f"{name}.") for m in saved_by)
+        )
+        flops = sum(counts.get(f"{root}.{name}", {}).values())
+        costs.append(BlockCost(name, int(act), int(flops)))
+    return costs
+
+
+def _total_flops(model: nn.Module, loss_fn: LossFn) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        loss_fn().backward()
+    model.zero_grad(set_to_none=True)
+    return max(int(counter.get_total_flops()), 1)
+
+
+def auto_checkpoint(
+    manager: CheckpointManager,
+    loss_fn: LossFn,
+    budget_bytes: int,
+    *,
+    blocks: Sequence[str] | None = None,
+) -> CheckpointReport:
+    """Checkpoint the fewest FLOPs' worth of blocks that brings the tracked peak under budget.
+
+    Blocks are ranked by bytes freed per FLOP recomputed (a greedy knapsack),
+    taken until the predicted peak fits, then the real peak is re-measured and
+    more blocks are added while it is still over. If even every block is not
+    enough, all are left applied and the report shows the remaining excess.
+    """
+    model = manager.model
+    before = _tracked(model, loss_fn)
+    base_peak = before.report().peak_bytes
+    base_act = _activation_peak(before)
+    costs = block_costs(model, loss_fn, blocks)
+    total = _total_flops(model, loss_fn)
+    ranked = sorted(costs, key=lambda c: (c.flops + 1) / max(c.activation_bytes, 1))
+    chosen: list[BlockCost] = []
+    predicted = base_peak
+    for cost in ranked:
+        if predicted <= budget_bytes:
+            break
+        chosen.append(cost)
+        predicted -= cost.activation_bytes
+    manager.apply([c.name for c in chosen])
+    after = _tracked(model, loss_fn)
+    for cost in ranked[len(chosen) :]:
+        if after.report().peak_bytes <= budget_bytes:
+            break
+        chosen.append(cost)
+        manager.apply([cost.name])
+        after = _tracked(model, loss_fn)
+    return CheckpointReport(
+        blocks=[c.name for c in chosen],
+        activation_peak_before=base_act,
+        activation_peak_after=_activation_peak(after),
+        peak_before=base_peak,
+        peak_after=after.report().peak_bytes,
+        recompute_fraction=sum(c.flops for c in chosen) / total,
+    )
+
+
+def _time_steps(model: nn.Module, loss_fn: LossFn, repeats: int) -> float:
+    import time
+
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loss_fn().backward()
+        model.zero_grad(set_to_none=True)
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_checkpointing(
+    model: nn.Module, loss_fn: LossFn, blocks: Sequence[str] | None = None, *, repeats: int = 3
+) -> CheckpointReport:
+    """Tracked memory and best-of-``repeats`` step time, without and with ``blocks``."""
+    names = list(blocks) if blocks is not None else discover_blocks(model)
+    before = _tracked(model, loss_fn)
+    seconds_before = _time_steps(model, loss_fn, repeats)
+    costs = block_costs(model, loss_fn, names)
+    total = _total_flops(model, loss_fn)
+    with CheckpointManager(model) as manager:
+        manager.apply(names)
+        after = _tracked(model, loss_fn)
+        seconds_after = _time_steps(model, loss_fn, repeats)
+    return CheckpointReport(
+        blocks=names,
+        activation_peak_before=_activation_peak(before),
+        activation_peak_after=_activation_peak(after),
+        peak_before=before.report().peak_bytes,
+        peak_after=after.report().peak_bytes,
+        recompute_fraction=sum(c.flops for c in costs) / total,
+        seconds_before=seconds_before,
+        seconds_after=seconds_after,
+    )

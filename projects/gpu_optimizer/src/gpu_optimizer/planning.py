@@ -102,7 +102,7 @@ def _cache_file(workload: Workload) -> Path | None:
             "torch": torch.__version__,
             "ultralytics": ultralytics_version,
             "gpu_optimizer": __version__,
-            "format": 1,
+            "format": 2,
         },
         sort_keys=True,
     )

@@ -89,6 +89,7 @@ class _Storage:
     module: str
     phase: str
     counted: bool
+    saved_by: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -245,6 +246,8 @@ class MemoryTracker:
         """Count ``tensor``'s storage as an activation (kept for backward)."""
         if isinstance(tensor, torch.Tensor):
             self._classify(tensor, "activations")
+            info = self._storages[id(tensor.untyped_storage())]
+            info.saved_by.add(self._module_stack[-1] if self._module_stack else "")
 
     def track(self, tensor: torch.Tensor, category: str = "temporary") -> None:
         """Register a tensor created before tracking started (e.g. an input batch)."""
@@ -339,6 +342,38 @@ class MemoryTracker:
 
     # -- results -------------------------------------------------------------
 
+    def storage_info(
+        self, storage: torch.UntypedStorage
+    ) -> tuple[str, str, int, frozenset[str]] | None:
+        """(module, category, bytes, modules that saved it) of a tracked live storage, or None."""
+        info = self._storages.get(id(storage))
+        if info is None:
+            return None
+        return info.module, info.category, info.nbytes, frozenset(info.saved_by)
+
+    def live_at(self, event: int) -> dict[str, dict[str, int]]:
+        """Bytes per module and category live just after ``event`` (negative: before any)."""
+        live: dict[int, _Storage] = {}
+        for info, delta in self._events[: event + 1]:
+            if delta > 0 and id(info) not in live:
+                live[id(info)] = info
+            elif delta < 0 and info.nbytes + delta <= 0:
+                live.pop(id(info), None)
+        per_module: dict[str, dict[str, int]] = {}
+        for info in live.values():
+            # A resized storage's size is approximated by its final size.
+            mod = per_module.setdefault(info.module or "<none>", dict.fromkeys(CATEGORIES, 0))
+            mod[info.category] += info.nbytes
+        return dict(sorted(per_module.items()))
+
+    def phase_end(self, phase: str) -> int:
+        """Index of the last event of ``phase`` (-1 if it had none)."""
+        last = -1
+        for i, p in enumerate(self._event_phase):
+            if p == phase:
+                last = i
+        return last
+
     def report(self, allocator: dict[str, int] | None = None) -> MemoryReport:
         """Replay the event log: totals at the peak, per module, and the curves over time."""
         if self._report is not None and allocator is None:
@@ -353,19 +388,8 @@ class MemoryTracker:
                 count=len(self._events),
             )
             category_timeline[cat] = np.cumsum(np.where(mask, deltas, 0))
-        breakdown = dict.fromkeys(CATEGORIES, 0)
-        per_module: dict[str, dict[str, int]] = {}
-        live: dict[int, _Storage] = {}
-        for info, delta in self._events[: self._peak_event + 1]:
-            if delta > 0 and id(info) not in live:
-                live[id(info)] = info
-            elif delta < 0 and info.nbytes + delta <= 0:
-                live.pop(id(info), None)
-        for info in live.values():
-            # A resized storage's size at the peak is approximated by its final size.
-            breakdown[info.category] += info.nbytes
-            mod = per_module.setdefault(info.module or "<none>", dict.fromkeys(CATEGORIES, 0))
-            mod[info.category] += info.nbytes
+        per_module = self.live_at(self._peak_event)
+        breakdown = {c: sum(m[c] for m in per_module.values()) for c in CATEGORIES}
         final_breakdown = {
             cat: int(curve[-1]) if len(curve) else 0 for cat, curve in category_timeline.items()
         }
@@ -377,7 +401,7 @@ class MemoryTracker:
             peak_module=peak_info.module if peak_info is not None else "",
             peak_event=self._peak_event,
             breakdown=breakdown,
-            per_module=dict(sorted(per_module.items())),
+            per_module=per_module,
             phase_peaks={p: int(v) for p, v in self._phase_peaks.items()},
             final_bytes=int(self._live),
             final_breakdown=final_breakdown,

@@ -1,0 +1,163 @@
+"""Checkpoint manager: same gradients; the activation peak drops by exactly what blocks held."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from gpu_optimizer.checkpointing import (
+    CheckpointManager,
+    auto_checkpoint,
+    block_costs,
+    discover_blocks,
+    measure_checkpointing,
+)
+from gpu_optimizer.tracker import MemoryTracker
+
+F32 = 4
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def deep_mlp(blocks: int = 4) -> nn.Sequential:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        *[
+            nn.Sequential(nn.Linear(256, 1024), nn.ReLU(), nn.Linear(1024, 256), nn.ReLU())
+            for _ in range(blocks)
+        ]
+    )
+
+
+def _activation_peak(model: nn.Module, x: torch.Tensor) -> int:
+    with MemoryTracker(model) as tracker:
+        with tracker.phase("forward"):
+            loss = model(x).sum()
+        with tracker.phase("backward"):
+            loss.backward()
+            del loss
+    model.zero_grad(set_to_none=True)
+    return int(tracker.report().category_timeline["activations"].max())
+
+
+def _grads(model: nn.Module, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    model.zero_grad(set_to_none=True)
+    model(x).square().mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    return grads
+
+
+def test_discover_blocks() -> None:
+    assert discover_blocks(deep_mlp()) == ["0", "1", "2", "3"]
+    resnet = discover_blocks(torchvision.models.resnet18())
+    assert resnet == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+    vit = discover_blocks(
+        torchvision.models.VisionTransformer(32, 8, 4, 2, 64, 128, num_classes=10)
+    )
+    assert vit[:4] == [f"encoder.layers.encoder_layer_{i}" for i in range(4)]
+
+
+def test_mlp_gradients_equal_and_activation_drop_is_exact() -> None:
+    """Per block, without checkpointing: ReLU1's output (B x 1024) and ReLU2's output (B x 256,
+    also the next block's input) are saved, plus the model input (B x 256). With every block
+    checkpointed only each block's input (B x 256) is kept."""
+    batch = 16
+    model = deep_mlp()
+    x = torch.randn(batch, 256)
+    reference = _grads(model, x)
+    plain_peak = _activation_peak(model, x)
+    assert plain_peak == batch * F32 * (256 + 4 * (1024 + 256))
+    with CheckpointManager(model) as manager:
+        assert manager.apply_every(1) == ["0", "1", "2", "3"]
+        ckpt_grads = _grads(model, x)
+        ckpt_peak = _activation_peak(model, x)
+    assert ckpt_peak == batch * F32 * (4 * 256)
+    assert plain_peak - ckpt_peak == batch * F32 * 4 * 1024 + batch * F32 * 256
+    for name, grad in reference.items():
+        torch.testing.assert_close(ckpt_grads[name], grad, rtol=0, atol=0)
+    # Removed: the model is back to plain.
+    assert _activation_peak(model, x) == plain_peak
+    assert all("forward" not in m.__dict__ for m in model.modules())
+
+
+def test_every_kth_and_pattern() -> None:
+    model = deep_mlp()
+    with CheckpointManager(model) as manager:
+        assert manager.apply_every(2) == ["0", "2"]
+    with CheckpointManager(model) as manager:
+        assert manager.apply_pattern("[13]") == ["1", "3"]
+        with pytest.raises(KeyError):
+            manager.apply_pattern("nothing*")
+        with pytest.raises(KeyError):
+            manager.apply(["9"])
+
+
+def test_resnet18_gradients_equal_and_drop_matches_block_contents() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10)
+    x = torch.randn(4, 3, 64, 64)
+    blocks = discover_blocks(model)
+    # Expected drop: everything saved inside the blocks, from one plain tracked run.
+    expected = sum(c.activation_bytes for c in block_costs(model, lambda: model(x).sum(), blocks))
+    # Train mode: BatchNorm normalises with batch statistics, identical in the recompute
+    # (its running statistics are updated twice, which does not touch gradients).
+    reference = _grads(model, x)
+    plain_peak = _activation_peak(model, x)
+    with CheckpointManager(model) as manager:
+        manager.apply(blocks)
+        ckpt_peak = _activation_peak(model, x)
+        ckpt_grads = _grads(model, x)
+    assert plain_peak - ckpt_peak == expected
+    assert expected > 0.4 * plain_peak  # the stem (conv1 at full resolution) is not a block
+    for name, grad in reference.items():
+        torch.testing.assert_close(ckpt_grads[name], grad)
+
+
+def test_auto_checkpoint_meets_budget_with_few_blocks() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        *[
+            nn.Sequential(nn.Linear(64, 1024), nn.ReLU(), nn.Linear(1024, 64), nn.ReLU())
+            for _ in range(6)
+        ]
+    )
+    x = torch.randn(512, 64)
+    loss_fn = lambda: model(x).sum()  # noqa: E731
+    with MemoryTracker(model) as tracker:
+        loss_fn().backward()
+    model.zero_grad(set_to_none=True)
+    plain = tracker.report().peak_bytes
+    per_block = 512 * F32 * 1024  # what checkpointing one block frees
+    budget = plain - 2 * per_block - per_block // 2
+    with CheckpointManager(model) as manager:
+        report = auto_checkpoint(manager, loss_fn, budget)
+        assert report.peak_after <= budget < report.peak_before
+        assert manager.applied == report.blocks
+        assert 0 < report.recompute_fraction < 1
+    # Backward recomputes one block at a time, which takes one block's saving back at the
+    # peak: 2.5 blocks' worth needs four blocks, and no fewer.
+    assert len(report.blocks) == 4
+    with CheckpointManager(model) as manager:
+        manager.apply(report.blocks[:-1])
+        with MemoryTracker(model) as tracker:
+            loss_fn().backward()
+        model.zero_grad(set_to_none=True)
+        assert tracker.report().peak_bytes > budget
+    with CheckpointManager(model) as manager:
+        assert auto_checkpoint(manager, loss_fn, plain).blocks == []
+
+
+def test_measure_checkpointing_reports_saving_and_time() -> None:
+    model = deep_mlp()
+    x = torch.randn(32, 256)
+    report = measure_checkpointing(model, lambda: model(x).sum(), repeats=1)
+    assert report.activation_saved_ratio > 0.7
+    assert report.seconds_before and report.seconds_after
+    assert report.time_overhead_ratio is not None
+    assert set(report.to_dict()) >= {"activation_saved_bytes", "time_overhead_ratio"}
