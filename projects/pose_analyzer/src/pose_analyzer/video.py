@@ -23,13 +23,12 @@ from types import TracebackType
 
 import cv2
 import numpy as np
-import numpy.typing as npt
 
 from pose_analyzer.keypoints import JOINT_INDEX, PersonPose
 
 log = logging.getLogger(__name__)
 
-Frame = npt.NDArray[np.uint8]
+Frame = np.ndarray  # BGR uint8 (H, W, 3); OpenCV's own typing is not narrower
 DEFAULT_FPS = 30.0
 
 
@@ -73,7 +72,7 @@ class VideoSource:
         live: bool,
         prefetch: int = 0,
     ) -> None:
-        self._cap = capture
+        self._cap: cv2.VideoCapture | None = capture
         self._first: Frame | None = first
         self.name = name
         self.live = live
@@ -387,7 +386,7 @@ class VideoWriter:
         if self.size[0] <= 0 or self.size[1] <= 0:
             raise ValueError(f"frame size must be positive (width, height), got {size}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fourcc = cv2.VideoWriter_fourcc(*"mp4v")
+        fourcc = cv2.VideoWriter.fourcc(*"mp4v")
         self._writer: cv2.VideoWriter | None = cv2.VideoWriter(
             str(self.path), fourcc, float(fps), self.size
         )

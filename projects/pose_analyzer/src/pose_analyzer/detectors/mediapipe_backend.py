@@ -95,7 +95,7 @@ def blazepose_to_canonical(
     return pose, (float(x1), float(y1), float(x2), float(y2))
 
 
-def to_rgb(frame: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
+def to_rgb(frame: np.ndarray) -> np.ndarray:
     """OpenCV's BGR (or gray, or BGRA) -> contiguous RGB, as MediaPipe expects."""
     if frame.ndim == 2:
         return cv2.cvtColor(frame, cv2.COLOR_GRAY2RGB)

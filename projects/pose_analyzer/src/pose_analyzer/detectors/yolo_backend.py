@@ -93,14 +93,18 @@ def results_to_people(result: Any) -> list[PersonPose]:
     scores = _numpy(result.boxes.conf).reshape(-1)
     poses = coco17_to_canonical(kp)
     return [
-        PersonPose(keypoints=poses[i], score=float(scores[i]), box=tuple(map(float, boxes[i])))
+        PersonPose(
+            keypoints=poses[i],
+            score=float(scores[i]),
+            box=(float(boxes[i, 0]), float(boxes[i, 1]), float(boxes[i, 2]), float(boxes[i, 3])),
+        )
         for i in range(poses.shape[0])
     ]
 
 
 def common_shape_batch(
-    frames: Sequence[npt.NDArray[np.uint8]], imgsz: int
-) -> tuple[list[npt.NDArray[np.uint8]], list[float]]:
+    frames: Sequence[np.ndarray], imgsz: int
+) -> tuple[list[np.ndarray], list[float]]:
     """Frames of different sizes -> frames of one size, and the scale applied to each.
 
     Ultralytics letterboxes a batch of mixed sizes to a square imgsz x imgsz
