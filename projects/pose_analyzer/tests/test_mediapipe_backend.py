@@ -102,6 +102,14 @@ def test_missing_model_names_the_download_command(tmp_path: Path, model: str) ->
     assert "missing.task" in str(err.value) or "pose_landmarker_heavy.task" in str(err.value)
 
 
+def test_damaged_model_file_says_what_to_do(tmp_path: Path) -> None:
+    bad = tmp_path / "pose_landmarker_full.task"
+    bad.write_bytes(b"not a zip archive" * 64)
+    with pytest.raises(RuntimeError, match="make download-models") as err:
+        MediaPipeDetector("full", models_dir=tmp_path)
+    assert str(bad) in str(err.value)
+
+
 def test_bad_arguments_are_rejected_before_loading(full_model: Path) -> None:
     with pytest.raises(ValueError, match="mode"):
         MediaPipeDetector(full_model, mode="stream")  # type: ignore[arg-type]

@@ -145,7 +145,14 @@ class MediaPipeDetector:
             min_tracking_confidence=min_tracking_confidence,
             output_segmentation_masks=False,
         )
-        self._landmarker = vision.PoseLandmarker.create_from_options(options)
+        try:
+            self._landmarker = vision.PoseLandmarker.create_from_options(options)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"cannot load the MediaPipe pose model {self.model_path}: {exc}. The file is "
+                "not a pose landmarker .task bundle or is damaged; run `make download-models` "
+                "to provision it again."
+            ) from exc
         self._last_ms = -1
 
     def _timestamp_ms(self, t: float) -> int:
