@@ -205,3 +205,46 @@ def test_stream_message_is_json_a_browser_can_parse(server) -> None:
     assert "NaN" not in raw and "Infinity" not in raw
     message = json.loads(raw)
     assert {"stream_id", "frame", "t", "people", "state", "exercise"} <= set(message)
+
+
+def test_yolo_streams_share_batched_inference(server) -> None:
+    """Four YOLO11-pose streams (real architecture, random weights) feed one batched detector."""
+    with server.client() as http:
+        missing = http.post(
+            "/streams", json={"source": "loop.mp4", "exercise": "squat", "backend": "yolo"}
+        )
+        assert missing.status_code == 422
+        assert "make download-models" in missing.json()["detail"]
+
+        ids = [
+            http.post(
+                "/streams",
+                json={
+                    "source": "loop.mp4",
+                    "exercise": "squat",
+                    "backend": "yolo",
+                    "model": "yolo11n-pose.yaml",
+                    "realtime": False,
+                },
+            ).json()["id"]
+            for _ in range(4)
+        ]
+        try:
+            assert wait_until(
+                lambda: all(
+                    http.get(f"/streams/{i}").json()["frames_processed"] >= 10 for i in ids
+                ),
+                180,
+            )
+            metrics = http.get("/metrics").text
+            batches = metric_value(metrics, "pose_detect_batch_frames_count") or 0
+            frames = metric_value(metrics, "pose_detect_batch_frames_sum") or 0
+            assert batches > 0
+            # While one batch runs, the other streams' frames queue up and go together.
+            assert frames / batches > 1.5, (frames, batches)
+            for i in ids:
+                info = http.get(f"/streams/{i}").json()
+                assert info["backend"] == "yolo" and info["people"] == 0  # random weights
+        finally:
+            for i in ids:
+                http.delete(f"/streams/{i}")

@@ -104,6 +104,12 @@ class PoseMetrics:
             ["stream"],
             registry=registry,
         )
+        self.detect_batch = Histogram(
+            "pose_detect_batch_frames",
+            "Frames per batched detector inference (YOLO, across streams)",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
+            registry=registry,
+        )
         self.jobs = Counter(
             "pose_jobs_total", "Offline analysis jobs by final state", ["state"], registry=registry
         )

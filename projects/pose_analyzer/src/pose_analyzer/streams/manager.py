@@ -12,6 +12,7 @@ from pose_analyzer.exercises.registry import get_exercise
 from pose_analyzer.metrics import PoseMetrics
 from pose_analyzer.settings import Settings
 from pose_analyzer.storage import Database
+from pose_analyzer.streams.batching import BatchingDetector
 from pose_analyzer.streams.pipeline import StreamConfig, StreamRunner
 from pose_analyzer.streams.sources import Source, SourceError, parse_source
 from pose_analyzer.video import VideoError, open_video
@@ -39,6 +40,7 @@ class StreamManager:
         self.metrics = metrics
         self.streams: dict[str, StreamRunner] = {}
         self._lock = asyncio.Lock()
+        self._batchers: dict[str, BatchingDetector] = {}
 
     def _free_slot(self) -> int:
         used = {int(s.slot) for s in self.streams.values() if not s.finished.is_set()}
@@ -78,6 +80,12 @@ class StreamManager:
             model = self.settings.default_model
         async with self._lock:
             slot = self._free_slot()
+            shared = None
+            if backend == "yolo":
+                try:
+                    shared = await self._batcher(model)
+                except Exception as exc:
+                    raise StreamStartError(f"cannot start the yolo backend: {exc}") from exc
             runner = StreamRunner(
                 StreamConfig(
                     source=parsed,
@@ -95,6 +103,7 @@ class StreamManager:
                 db=self.db,
                 metrics=self.metrics,
                 models_dir=self.settings.models_dir,
+                shared_detector=shared,
             )
             try:
                 await runner.start()
@@ -102,6 +111,21 @@ class StreamManager:
                 raise StreamStartError(f"cannot start the {backend} backend: {exc}") from exc
             self.streams[runner.id] = runner
         return runner
+
+    async def _batcher(self, model: str | None) -> BatchingDetector:
+        """The YOLO detector all YOLO streams with this model share, batched across them."""
+        key = model or "default"
+        if key not in self._batchers:
+            detector, batch = await asyncio.to_thread(
+                _load_yolo, model, Path(self.settings.models_dir), self.settings.max_streams
+            )
+            self._batchers[key] = BatchingDetector(
+                detector,
+                max_batch=batch,
+                on_batch=lambda n: self.metrics.detect_batch.observe(n),
+            )
+            log.info("YOLO batcher for %s: up to %d frames per inference", key, batch)
+        return self._batchers[key]
 
     def get(self, stream_id: str) -> StreamRunner | None:
         return self.streams.get(stream_id)
@@ -130,6 +154,36 @@ class StreamManager:
     async def stop_all(self) -> None:
         await asyncio.gather(*(s.stop() for s in list(self.streams.values())))
         self.streams.clear()
+        for batcher in self._batchers.values():
+            await asyncio.to_thread(batcher.close)
+        self._batchers.clear()
+
+
+def _load_yolo(model: str | None, models_dir: Path, max_streams: int) -> tuple[Any, int]:
+    """The YOLO detector and its batch size: the planner's for this GPU, else the CPU's.
+
+    A `.yaml` model builds the real architecture with random weights (benchmarks,
+    machines without the trained weights): the full compute path, no detections.
+    """
+    from gpu_optimizer.planning import pose_inference_batch_size
+    from pose_analyzer.detectors.yolo_backend import YoloDetector, resolve_device
+
+    device = resolve_device("auto")
+    if device.startswith("cuda"):
+        import torch
+
+        vram = int(torch.cuda.get_device_properties(0).total_memory)
+        batch = min(max_streams, pose_inference_batch_size(vram))
+    else:
+        # On a CPU an inference costs about the same per frame at any batch size, so
+        # one batch per round of streams simply keeps one model busy instead of N
+        # model copies fighting over the cores.
+        batch = max_streams
+    if model is not None and model.endswith((".yaml", ".yml")):
+        detector = YoloDetector.from_architecture(model, device=device)
+    else:
+        detector = YoloDetector(model, device=device, models_dir=models_dir)
+    return detector, max(1, batch)
 
 
 def _probe_camera(source: Source) -> None:

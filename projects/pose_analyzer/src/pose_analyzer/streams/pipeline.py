@@ -25,6 +25,7 @@ from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.keypoints import FramePoses, PoseDetector
 from pose_analyzer.metrics import PoseMetrics
 from pose_analyzer.storage import Database
+from pose_analyzer.streams.batching import BatchingDetector
 from pose_analyzer.streams.hub import Hub
 from pose_analyzer.streams.reader import (
     Frame,
@@ -73,8 +74,8 @@ class StreamStats:
 
 
 def _make_detector(config: StreamConfig, models_dir: Any) -> PoseDetector | None:
-    if config.source.keypoints:
-        return None  # keypoint files carry their poses
+    if config.source.keypoints or config.backend == "yolo":
+        return None  # keypoint files carry their poses; YOLO streams share a batcher
     from pose_analyzer.detectors import create_detector
 
     kw: dict[str, Any] = {}
@@ -93,6 +94,7 @@ class StreamRunner:
         metrics: PoseMetrics,
         models_dir: Any,
         stream_id: str | None = None,
+        shared_detector: BatchingDetector | None = None,
     ) -> None:
         self.id = stream_id or uuid.uuid4().hex[:12]
         self.slot = str(slot)
@@ -124,6 +126,7 @@ class StreamRunner:
         self.analyzer = StreamAnalyzer(config.exercise, tracker=Tracker())
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stream-{self.id}")
         self._detector: PoseDetector | None = None
+        self._shared = shared_detector
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.finished = asyncio.Event()
@@ -159,6 +162,8 @@ class StreamRunner:
             backend=self.config.backend,
         )
         self.metrics.active_streams.inc()
+        if self._shared is not None:
+            self._shared.users += 1
         self.reader.start()
         self._task = loop.create_task(self._run(), name=f"stream-{self.id}")
 
@@ -209,8 +214,12 @@ class StreamRunner:
         if frame.poses is not None:
             poses = frame.poses
         else:
-            assert frame.image is not None and self._detector is not None
-            people = self._detector.detect([frame.image], [frame.t])[0]
+            assert frame.image is not None
+            if self._shared is not None:
+                people = self._shared.detect_one(frame.image, frame.t)
+            else:
+                assert self._detector is not None
+                people = self._detector.detect([frame.image], [frame.t])[0]
             height, width = frame.image.shape[:2]
             poses = FramePoses(frame.index, frame.t, width, height, people)
         t1 = time.perf_counter()
@@ -289,6 +298,8 @@ class StreamRunner:
         await self.hub.close_all("stream ended" if not self._stopping else "stream stopped")
         if self._detector is not None:
             await loop.run_in_executor(self._executor, self._detector.close)
+        if self._shared is not None:
+            self._shared.users -= 1
         self._executor.shutdown(wait=False)
         self.metrics.active_streams.dec()
         self.metrics.forget_stream(self.slot)
