@@ -100,6 +100,17 @@ def test_missing_weights_name_the_command_and_never_download(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_damaged_weights_say_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import ultralytics.utils.downloads as downloads
+
+    monkeypatch.setattr(downloads, "safe_download", _no_download)
+    bad = tmp_path / "yolo11n-pose.pt"
+    bad.write_bytes(b"not a checkpoint" * 64)
+    with pytest.raises(RuntimeError, match="make download-models") as err:
+        YoloDetector(bad, device="cpu")
+    assert str(bad.resolve()) in str(err.value)
+
+
 def test_bad_batch_size_is_rejected() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         YoloDetector.from_architecture(batch_size=0, device="cpu")

@@ -177,7 +177,14 @@ class YoloDetector:
         if not path.is_file():
             raise ModelNotFoundError(path, "YOLO pose weights")
         self.weights: Path | None = path.resolve()
-        self._model: Any = _import_yolo()(str(self.weights), task="pose")
+        yolo = _import_yolo()
+        try:
+            self._model: Any = yolo(str(self.weights), task="pose")
+        except Exception as exc:  # torch/pickle/ultralytics each raise their own kind
+            raise RuntimeError(
+                f"cannot load YOLO pose weights {self.weights}: {exc}. The file is not an "
+                "Ultralytics checkpoint or is damaged; run `make download-models` again."
+            ) from exc
 
     def _configure(self, device: str, imgsz: int, conf: float, batch_size: int | None) -> None:
         if batch_size is not None and batch_size < 1:
