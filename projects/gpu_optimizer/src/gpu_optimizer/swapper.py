@@ -6,16 +6,20 @@ device block is freed as soon as the forward no longer uses it. Backward
 consumes saved tensors in roughly reverse order, so unpacking one also starts
 copying the previous one back (prefetch) on the side stream.
 
-``simulate=True`` is for the estimator: packed tensors move to the meta device
-(no data, no memory on the tracked device) and come back as empty tensors,
-which reproduces the device-memory effect on fake tensors.
+A tensor saved by several autograd nodes (a ReLU output that the next Linear
+also saves) is copied once and restored once while any node still holds it.
+
+``simulate=True`` is for the estimator: a packed tensor keeps only its shape
+and dtype (no memory anywhere) and comes back as an empty tensor, which
+reproduces the device-memory effect on fake tensors.
 """
 
 from __future__ import annotations
 
 import contextlib
+import weakref
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -26,31 +30,47 @@ from gpu_optimizer.tracker import notify_saved
 
 @dataclass
 class SwapStats:
+    """What moved. ``packed``/``bytes_offloaded`` count distinct tensors copied to the host;
+    ``pack_calls``/``unpack_calls`` count autograd's saved-tensor slots that used them."""
+
     packed: int = 0
-    unpacked: int = 0
+    pack_calls: int = 0
+    unpack_calls: int = 0
     kept: int = 0
     bytes_offloaded: int = 0
     bytes_restored: int = 0
-    packed_sizes: list[int] = field(default_factory=list)
+
+
+class _Entry:
+    """One offloaded tensor, shared by every saved slot that holds the same view."""
+
+    __slots__ = ("device", "event", "host", "meta", "restored", "source", "users")
+
+    def __init__(self, source: Any, device: torch.device) -> None:
+        self.source = source  # weakref to the device storage: guards against id reuse
+        self.device = device
+        self.host: torch.Tensor | None = None
+        self.meta: tuple[torch.Size, torch.dtype] | None = None
+        self.restored: Any = None  # weakref to the device copy while autograd holds it
+        self.event: Any = None
+        self.users = 0
 
 
 class _Handle:
-    __slots__ = ("device", "event", "host", "index", "ready", "restored")
+    __slots__ = ("done", "entry", "index")
 
-    def __init__(self, host: torch.Tensor, device: torch.device, index: int) -> None:
-        self.host = host
-        self.device = device
+    def __init__(self, entry: _Entry, index: int) -> None:
+        self.entry = entry
         self.index = index
-        self.restored: torch.Tensor | None = None
-        self.event: Any = None
-        self.ready = False
+        self.done = False
 
 
 class TensorSwapper:
     """Context manager offloading saved tensors of at least ``threshold_bytes``.
 
     ``modules`` scopes it: only tensors saved while one of them runs forward
-    move. Parameters are never moved (they stay on the device anyway).
+    move. Parameters of ``modules`` and ``model`` are never moved (they stay
+    on the device anyway).
     """
 
     def __init__(
@@ -72,10 +92,12 @@ class TensorSwapper:
         self.stats = SwapStats()
         self._depth = 0
         self._handles: list[_Handle] = []
+        self._entries: dict[tuple[Any, ...], _Entry] = {}
         self._hooks: list[Any] = []
         self._exclude: set[int] = set()
         self._stack = contextlib.ExitStack()
         self._stream: Any = None
+        self._prefetched: torch.Tensor | None = None
 
     # -- hooks -------------------------------------------------------------
 
@@ -84,76 +106,97 @@ class TensorSwapper:
 
     def _pack(self, t: torch.Tensor) -> Any:
         nbytes = t.numel() * t.element_size()
+        storage = t.untyped_storage()
         eligible = (
             self._active()
             and nbytes >= self.threshold_bytes
-            and t.device.type != "meta"
-            and id(t.untyped_storage()) not in self._exclude
+            and t.device.type not in ("meta",)
+            and id(storage) not in self._exclude
             and not (t.is_leaf and t.requires_grad)
         )
         if not eligible:
             self.stats.kept += 1
             notify_saved(t)
             return t
-        self.stats.packed += 1
-        self.stats.bytes_offloaded += nbytes
-        self.stats.packed_sizes.append(nbytes)
+        self.stats.pack_calls += 1
+        key = (id(storage), t.storage_offset(), tuple(t.shape), tuple(t.stride()), t.dtype)
+        entry = self._entries.get(key)
+        if entry is None or entry.source() is not storage or entry.users == 0:
+            entry = _Entry(weakref.ref(storage), t.device)
+            self._copy_out(entry, t)
+            self._entries[key] = entry
+            self.stats.packed += 1
+            self.stats.bytes_offloaded += nbytes
+        entry.users += 1
+        handle = _Handle(entry, len(self._handles))
+        self._handles.append(handle)
+        return handle
+
+    def _copy_out(self, entry: _Entry, t: torch.Tensor) -> None:
         if self.simulate:
-            host = t.detach().to("meta")
+            entry.meta = (t.size(), t.dtype)
         elif t.device.type == "cuda":
             host = torch.empty(t.size(), dtype=t.dtype, device="cpu", pin_memory=self.pin_memory)
             stream = self._side_stream()
             stream.wait_stream(torch.cuda.current_stream(t.device))
             with torch.cuda.stream(stream):
                 host.copy_(t, non_blocking=True)
-            t.record_stream(stream)
+            t.record_stream(stream)  # the block is not reused before the copy has read it
+            entry.host = host
         else:
-            host = t.detach().clone()
-        handle = _Handle(host, t.device, len(self._handles))
-        self._handles.append(handle)
-        return handle
+            entry.host = t.detach().clone()
 
     def _side_stream(self) -> Any:
         if self._stream is None:
             self._stream = torch.cuda.Stream()
         return self._stream
 
-    def _start_restore(self, handle: _Handle) -> None:
-        if handle.restored is not None or handle.host is None:
-            return
-        if self.simulate:
-            handle.restored = torch.empty(
-                handle.host.size(), dtype=handle.host.dtype, device=handle.device
-            )
-        elif handle.device.type == "cuda":
+    def _restored(self, entry: _Entry) -> torch.Tensor | None:
+        return entry.restored() if entry.restored is not None else None
+
+    def _start_restore(self, entry: _Entry) -> torch.Tensor:
+        """Device copy of ``entry``, reused while alive; on CUDA copied on the side stream."""
+        out = self._restored(entry)
+        if out is not None:
+            return out
+        if entry.meta is not None:
+            size, dtype = entry.meta
+            out = torch.empty(size, dtype=dtype, device=entry.device)
+        elif entry.host is None:
+            raise RuntimeError("tensor swapper: a saved tensor was unpacked after it was released")
+        elif entry.device.type == "cuda":
             stream = self._side_stream()
+            stream.wait_stream(torch.cuda.current_stream(entry.device))
             with torch.cuda.stream(stream):
-                handle.restored = handle.host.to(handle.device, non_blocking=True)
-                handle.event = torch.cuda.Event()
-                handle.event.record(stream)
+                out = entry.host.to(entry.device, non_blocking=True)
+                entry.event = torch.cuda.Event()
+                entry.event.record(stream)
         else:
-            handle.restored = handle.host
+            out = entry.host
+        entry.restored = weakref.ref(out)
+        return out
 
     def _unpack(self, packed: Any) -> torch.Tensor:
         if not isinstance(packed, _Handle):
             return packed
-        handle = packed
-        self._start_restore(handle)
+        handle, entry = packed, packed.entry
+        out = self._start_restore(entry)
         if self.prefetch and handle.index > 0:
-            self._start_restore(self._handles[handle.index - 1])
-        out = handle.restored
-        assert out is not None
-        if handle.event is not None:
-            torch.cuda.current_stream(handle.device).wait_event(handle.event)
-            out.record_stream(torch.cuda.current_stream(handle.device))
-            handle.event = None
-        if not handle.ready:
-            handle.ready = True
-            self.stats.unpacked += 1
+            previous = self._handles[handle.index - 1].entry
+            if previous.users > 0 and previous is not entry:
+                self._prefetched = self._start_restore(previous)  # keep it alive until used
+        if entry.event is not None:
+            current = torch.cuda.current_stream(entry.device)
+            current.wait_event(entry.event)
+            out.record_stream(current)
+            entry.event = None
+        self.stats.unpack_calls += 1
+        if not handle.done:
+            handle.done = True
+            entry.users -= 1
             self.stats.bytes_restored += out.numel() * out.element_size()
-        # Drop our references: autograd holds the restored tensor from here on.
-        handle.restored = None
-        handle.host = None  # type: ignore[assignment]
+            if entry.users == 0:
+                entry.host = None  # every slot has its copy back: free the host memory
         return out
 
     # -- scoping -----------------------------------------------------------
@@ -179,6 +222,7 @@ class TensorSwapper:
 
     def __exit__(self, *exc: object) -> None:
         self._stack.close()
+        self._prefetched = None
         for h in self._hooks:
             h.remove()
         self._hooks.clear()
