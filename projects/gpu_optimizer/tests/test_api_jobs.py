@@ -13,6 +13,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -135,6 +136,7 @@ def base_env(workdir: Path) -> dict[str, str]:
         "GPU_OPT_WORKER_COUNT": "2",
         "GPU_OPT_RECOMMEND_WORKLOADS": '["yolo11n-pose-infer"]',
         "SLEEPER_PID_FILE": str(workdir / "sleeper.pid"),
+        "GPU_OPT_CACHE_DIR": str(workdir / "plan_cache"),
     }
 
 
@@ -451,3 +453,72 @@ def run_schemathesis(url: str) -> None:
         check()
     assert operations >= 8
     assert failures == []
+
+
+@pytest.fixture
+def postgres_url() -> Iterator[tuple[str, str]]:
+    """A fresh schema on the CI PostgreSQL server, dropped afterwards: (url, schema)."""
+    url = os.environ.get("AIML_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip(
+            "AIML_TEST_POSTGRES_URL is not set; CI sets it to a real PostgreSQL server "
+            "(postgresql+psycopg://user:password@host:port/database)"
+        )
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    schema = f"gpu_opt_test_{uuid.uuid4().hex[:12]}"
+    engine = create_engine(url)
+    with engine.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
+    try:
+        yield scoped.render_as_string(hide_password=False), schema
+    finally:
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+def test_postgresql_results_survive_a_restart(workdir: Path, postgres_url: tuple[str, str]) -> None:
+    url, schema = postgres_url
+    env = base_env(workdir) | {"DATABASE_URL": url, "GPU_OPT_RECOMMEND_AT_STARTUP": "false"}
+    first = start_server(env, workdir / "pg1.log")
+    try:
+        job_id = first.post(
+            "/profiles", {"model": "nets:mlp", "input_shape": [12], "batch_size": 4}
+        ).json()["id"]
+        done = first.wait_job(job_id)
+        assert done["state"] == "succeeded", done
+        pids = set(sleeper_pids(workdir))
+        running = first.post(
+            "/profiles", {"model": "nets:sleeps", "input_shape": [12], "batch_size": 2}
+        ).json()["id"]
+        wait_for(lambda: set(sleeper_pids(workdir)) - pids, 60, "the sleeping job to start")
+    finally:
+        first.stop(signal.SIGKILL)
+
+    second = start_server(env | {"GPU_OPT_WARM_WORKERS": "false"}, workdir / "pg2.log")
+    try:
+        assert second.get(f"/profiles/{job_id}").json() == done
+        interrupted = second.get(f"/profiles/{running}").json()
+        assert (interrupted["state"], interrupted["error"]) == (
+            "failed",
+            "interrupted by a service restart",
+        )
+    finally:
+        second.stop()
+
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(os.environ["AIML_TEST_POSTGRES_URL"])
+    with engine.connect() as connection:
+        states = connection.execute(
+            text(f'SELECT id, state FROM "{schema}".profiling_jobs ORDER BY created_at')
+        ).all()
+        version = connection.execute(
+            text(f'SELECT version_num FROM "{schema}".gpu_optimizer_alembic_version')
+        ).scalar_one()
+    engine.dispose()
+    assert [tuple(row) for row in states] == [(job_id, "succeeded"), (running, "failed")]
+    assert version == "0001"

@@ -149,6 +149,8 @@ def _exit_with_owner(conn: Connection) -> None:
 def child_main(conn: Connection, kind: str, request: dict[str, Any]) -> None:
     """Entry point of a worker process: run one task, send progress and one result or error."""
     _exit_with_owner(conn)
+    if kind == "recommend" and hasattr(os, "nice"):
+        os.nice(10)  # background work for the metrics yields to jobs and plans
     preload = sys.modules.get("gpu_optimizer.jobs.preload")
     if preload is not None:
         torch.set_num_threads(preload.THREADS)

@@ -13,6 +13,8 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+# Its own version table, so the pose service's migrations can share a PostgreSQL database.
+VERSION_TABLE = "gpu_optimizer_alembic_version"
 
 
 def make_engine(url: str) -> Engine:

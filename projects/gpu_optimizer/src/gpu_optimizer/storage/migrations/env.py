@@ -5,11 +5,10 @@ from __future__ import annotations
 from alembic import context
 from sqlalchemy import create_engine
 
+from gpu_optimizer.storage.db import VERSION_TABLE
 from gpu_optimizer.storage.tables import Base
 
 target_metadata = Base.metadata
-# Its own version table, so the pose service's migrations can share a PostgreSQL database.
-VERSION_TABLE = "gpu_optimizer_alembic_version"
 
 
 def run_migrations_offline() -> None:
