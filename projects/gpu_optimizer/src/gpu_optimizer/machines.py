@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import tomllib
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10 needs the backport
+    import tomli as tomllib
 
 MACHINES_FILE_ENV = "GPU_OPT_MACHINES_FILE"
 DEFAULT_MACHINES_FILE = Path(__file__).with_name("machines.toml")
