@@ -207,3 +207,27 @@ def test_person_stepping_out_of_the_frame_and_back_keeps_the_id(
         (p,) = tracker.update([person(x, 300)], t)
         ids.add(p.track_id)
     assert ids == {1}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_crossing_with_jitter_dropped_joints_and_missed_detections(seed: int) -> None:
+    # Two people cross twice (there and back) with 3 px keypoint jitter, 10% of joints
+    # dropped to confidence 0 and 5% of detections missed: ids must survive it all.
+    rng = np.random.default_rng(seed)
+    tracker = Tracker()
+    seen: dict[str, set[int]] = {"a": set(), "b": set()}
+    for i in range(120):
+        phase = i if i < 60 else 120 - i  # out and back
+        people = []
+        for name, x, conf in (("a", 100 + 10 * phase, 0.9), ("b", 705 - 10 * phase, 0.8)):
+            if rng.random() < 0.05:
+                continue
+            p = person(x, 300 + (0 if name == "a" else 4), conf=conf)
+            p.keypoints[:, :2] += rng.normal(0, 3, (NUM_JOINTS, 2)).astype(np.float32)
+            p.keypoints[rng.random(NUM_JOINTS) < 0.1, 2] = 0.0
+            people.append((name, p))
+        out = tracker.update([p for _, p in people], i / FPS)
+        for (name, _), p in zip(people, out, strict=True):
+            seen[name].add(p.track_id)
+    assert len(seen["a"]) == 1 and len(seen["b"]) == 1, seen
+    assert seen["a"] != seen["b"]
