@@ -1,15 +1,20 @@
 """monitoring/: Prometheus config, Grafana provisioning and dashboards against the real services.
 
 Grafana is not packaged in Debian, so dashboards are checked against what they
-query: every metric name in their PromQL must be one the gpu_optimizer service
-exports (read from a live server's /metrics, plus the gpu_* gauges its
-collector exports with NVML answers recorded on real GPUs, since CI has none),
-and a real Prometheus must scrape the service and accept every expression.
+query: every metric name in their PromQL must be one the two services export
+(read from live servers' /metrics: gpu_optimizer, plus the gpu_* gauges its
+collector exports with NVML answers recorded on real GPUs, since CI has none;
+pose_analyzer while it replays a synthetic squat session, so that its labelled
+per-stream, per-exercise and per-fault series exist), and a real Prometheus
+must scrape both services, accept every expression and return data for every
+pose pipeline query.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import re
 import shutil
 import socket
@@ -33,10 +38,26 @@ REPO = Path(__file__).resolve().parents[1]
 MONITORING = REPO / "monitoring"
 DASHBOARDS = sorted((MONITORING / "grafana" / "dashboards").glob("*.json"))
 RECORDING = REPO / "projects/gpu_optimizer/tests/data/nvml_rtx4070ti_rtx3070ti.json"
+POSE_DASHBOARD = MONITORING / "grafana/dashboards/pose-pipeline.json"
+POSE_SYNTHETIC = REPO / "projects/pose_analyzer/tests/synthetic.py"
+# The replayed session: squats at 1.6 s a rep, the 8th to 10th too shallow (faults; and
+# anomalies against the baseline of the clean reps before them, which holds even if a
+# loaded machine drops frames of a rep); the clean reps after them keep the stream, and
+# its per-stream series, running for about 80 s.
+REPLAY_REPS = 48
+SHALLOW_REPS = {8: "shallow", 9: "shallow", 10: "shallow"}
+# Pose series that exist only after an event the replay does not cause: a WebSocket
+# client the server disconnected for being too slow (the pose service's tests cover it).
+POSE_MAY_BE_EMPTY = {"pose_websocket_disconnects_total"}
 # Series Prometheus makes itself for every target, and the labels it adds to each.
 PROMETHEUS_SERIES = {"up": {"instance", "job"}}
 TARGET_LABELS = {"instance", "job", "machine"}
-GRAFANA_VARIABLES = {"$instance": ".*", "$gpu": ".*", "$__rate_interval": "1m"}
+GRAFANA_VARIABLES = {
+    "$instance": ".*",
+    "$gpu": ".*",
+    "$__rate_interval": "1m",
+    "$__range": "1h",
+}
 PROMQL_WORDS = {
     "and", "or", "unless", "by", "without", "on", "ignoring", "group_left",
     "group_right", "bool", "offset", "inf", "nan",
@@ -95,8 +116,87 @@ def gpu_optimizer_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]
         stop(proc)
 
 
+def _synthetic() -> Any:
+    """The pose tests' synthetic athlete (projects/pose_analyzer/tests/synthetic.py)."""
+    spec = importlib.util.spec_from_file_location("pose_synthetic", POSE_SYNTHETIC)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their module while the file runs
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def pose_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    root = tmp_path_factory.mktemp("pose_analyzer")
+    data = root / "data"
+    data.mkdir()
+    recording = _synthetic().make_recording(
+        "squat", REPLAY_REPS, fps=30.0, tempo=(0.6, 0.1, 0.6, 0.3), faults=SHALLOW_REPS
+    )
+    recording.write(data / "squat.jsonl")
+    port = free_port()
+    log = root / "serve.log"
+    env = dict(
+        os.environ,
+        POSE_DATA_DIR=str(data),
+        POSE_DATABASE_URL=f"sqlite:///{root / 'pose.db'}",
+        POSE_LOG_LEVEL="warning",
+    )
+    command = [sys.executable, "-m", "pose_analyzer.cli", "serve", "--port", str(port)]
+    with log.open("wb") as out:
+        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(
+            lambda: httpx.get(f"{url}/health", timeout=1).status_code == 200,
+            "pose_analyzer answers /health",
+            proc,
+            log,
+            timeout_s=90,
+        )
+        yield url
+    finally:
+        stop(proc)
+
+
+def _sample(exposition: str, name: str, **labels: str) -> float:
+    """Sum of the samples of `name` whose labels include `labels` (0 when there are none)."""
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == name and labels.items() <= sample.labels.items()
+    )
+
+
+@pytest.fixture(scope="module")
+def pose_stream(pose_url: str) -> Iterator[str]:
+    """A real-time replay on the pose server, past its shallow reps; its /metrics text then."""
+    response = httpx.post(
+        f"{pose_url}/streams",
+        json={"source": "squat.jsonl", "exercise": "squat", "realtime": True},
+        timeout=30,
+    )
+    assert response.status_code == 201, response.text
+    stream_id = response.json()["id"]
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            text = httpx.get(f"{pose_url}/metrics", timeout=5).text
+            faults = _sample(text, "pose_faults_total", code="insufficient_depth")
+            if faults >= 1 and _sample(text, "pose_anomalies_total") >= 1:
+                break
+            assert time.monotonic() < deadline, f"no shallow-squat faults within 60 s:\n{text}"
+            time.sleep(0.5)
+        yield text
+    finally:
+        httpx.delete(f"{pose_url}/streams/{stream_id}", timeout=30)
+
+
 def _labels_by_name(exposition: str) -> dict[str, set[str]]:
-    names: dict[str, set[str]] = {}
+    # A labelled metric without children yet has only its "# TYPE name kind" line.
+    names: dict[str, set[str]] = {n: set() for n in re.findall(r"^# TYPE (\S+) ", exposition, re.M)}
     for family in text_string_to_metric_families(exposition):
         names.setdefault(family.name, set())
         for sample in family.samples:
@@ -105,8 +205,8 @@ def _labels_by_name(exposition: str) -> dict[str, set[str]]:
 
 
 @pytest.fixture(scope="module")
-def exported(gpu_optimizer_url: str) -> dict[str, set[str]]:
-    """Metric name -> label names the gpu_optimizer service exports."""
+def exported(gpu_optimizer_url: str, pose_stream: str) -> dict[str, set[str]]:
+    """Metric name -> label names the two services export."""
     live = _labels_by_name(httpx.get(f"{gpu_optimizer_url}/metrics", timeout=10).text)
     registry = CollectorRegistry()
     registry.register(GpuCollector(NvmlReader(RecordedNvml.from_file(RECORDING))))
@@ -114,6 +214,8 @@ def exported(gpu_optimizer_url: str) -> dict[str, set[str]]:
     assert set(recorded) <= set(live)  # the service registers the collector
     for name, labels in recorded.items():
         live[name] |= labels
+    for name, labels in _labels_by_name(pose_stream).items():
+        live[name] = live.get(name, set()) | labels
     return live
 
 
@@ -230,6 +332,44 @@ def test_gpu_fleet_dashboard_is_templated_on_machine_and_gpu() -> None:
     assert {"Memory used / total", "Utilization", "Temperature", "Power vs limit"} <= titles
 
 
+def _quantiles(exprs: list[str], histogram: str) -> set[float]:
+    pattern = rf"histogram_quantile\(\s*([\d.]+)\s*,[^;]*?\b{histogram}_bucket\b"
+    return {float(q) for expr in exprs for q in re.findall(pattern, expr)}
+
+
+def test_pose_pipeline_dashboard_is_templated_on_machine() -> None:
+    dashboard = json.loads(POSE_DASHBOARD.read_text())
+    assert [v["name"] for v in dashboard["templating"]["list"]] == ["instance"]
+    queries = dashboard_queries(dashboard)
+    panels = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    pose = [e for e in panels if any(n.startswith("pose_") for n in metric_names(e))]
+    assert pose
+    for expr in pose:  # every pose selector of a panel is filtered on the machine variable
+        for name, selector in re.findall(r"\b(pose_\w+)(\{[^}]*\})?", expr):
+            assert 'instance=~"$instance"' in selector, f"{name} in {expr!r}"
+    titles = {panel["title"] for panel in dashboard["panels"]}
+    assert {
+        "Processed fps per stream",
+        "Drop ratio per stream",
+        "Frame-to-publish latency",
+        "Stage latency p50 / p99",
+        "Active streams",
+        "WebSocket clients",
+        "WebSocket drops and disconnects",
+        "Reps by exercise",
+        "Faults by code",
+        "Anomalous reps",
+        "Rep score distribution",
+        "Source reconnects",
+    } <= titles
+    assert _quantiles(queries, "pose_frame_to_publish_seconds") == {0.5, 0.95, 0.99}
+    assert _quantiles(queries, "pose_stage_duration_seconds") == {0.5, 0.99}
+    # The drop ratio is dropped over read, per stream.
+    [drop] = [e for e in queries if "pose_frames_dropped_total" in metric_names(e)]
+    assert re.search(r"pose_frames_dropped_total.*\)\s*/\s*sum by \(instance, stream\)", drop)
+    assert "pose_frames_read_total" in metric_names(drop)
+
+
 # --- Prometheus config and provisioning ----------------------------------------------
 
 
@@ -293,8 +433,9 @@ def test_compose_mounts_the_provisioning_grafana_reads() -> None:
 
 @pytest.mark.integration
 def test_real_prometheus_scrapes_the_service_and_accepts_every_dashboard_query(
-    gpu_optimizer_url: str, tmp_path: Path
+    gpu_optimizer_url: str, pose_url: str, pose_stream: str, tmp_path: Path
 ) -> None:
+    """Both services scraped; every pose query has data while the replay runs."""
     prometheus = _tool("prometheus")
     # The repository's config, with its file_sd lists pointed at the test server.
     config = yaml.safe_load((MONITORING / "prometheus.yml").read_text())
@@ -303,7 +444,8 @@ def test_real_prometheus_scrapes_the_service_and_accepts_every_dashboard_query(
     (tmp_path / "targets").mkdir()
     service = gpu_optimizer_url.removeprefix("http://")
     (tmp_path / "targets/gpu_optimizer.json").write_text(json.dumps([{"targets": [service]}]))
-    (tmp_path / "targets/pose_analyzer.json").write_text("[]")
+    pose = pose_url.removeprefix("http://")
+    (tmp_path / "targets/pose_analyzer.json").write_text(json.dumps([{"targets": [pose]}]))
     port = free_port()
     log = tmp_path / "prometheus.log"
     command = [
@@ -322,10 +464,22 @@ def test_real_prometheus_scrapes_the_service_and_accepts_every_dashboard_query(
         assert body["status"] == "success", f"{expr!r}: {body}"
         return list(body["data"]["result"])
 
+    pose_queries = [
+        expr
+        for expr in dashboard_queries(json.loads(POSE_DASHBOARD.read_text()))
+        if not metric_names(expr) & POSE_MAY_BE_EMPTY
+    ]
+
+    def empty_pose_queries() -> list[str]:
+        return [expr for expr in pose_queries if not query(substitute(expr))]
+
     try:
         wait_until(
-            lambda: [r["value"][1] for r in query('up{job="gpu_optimizer"}')] == ["1"],
-            "Prometheus reports up == 1 for gpu_optimizer",
+            lambda: (
+                [r["value"][1] for r in query('up{job="gpu_optimizer"}')] == ["1"]
+                and [r["value"][1] for r in query('up{job="pose_analyzer"}')] == ["1"]
+            ),
+            "Prometheus reports up == 1 for gpu_optimizer and pose_analyzer",
             proc,
             log,
             timeout_s=45,
@@ -337,5 +491,21 @@ def test_real_prometheus_scrapes_the_service_and_accepts_every_dashboard_query(
                 result = query(substitute(expr))
                 if metric_names(expr) <= {"up", "gpu_count", "gpu_nvml_available"}:
                     assert result, f"{path.name}: {expr!r} returned no data"
+        # Rates need two scrapes of a series: wait (bounded) until every pose query has data.
+        deadline = time.monotonic() + 30
+        while empty := empty_pose_queries():
+            assert time.monotonic() < deadline, f"pose queries without data: {empty}"
+            time.sleep(1)
+        # What Prometheus holds matches the replayed session.
+        [active] = query('pose_active_streams{job="pose_analyzer"}')
+        assert float(active["value"][1]) == 1
+        exported = httpx.get(f"{pose_url}/metrics", timeout=5).text
+        [faults] = query('pose_faults_total{job="pose_analyzer", code="insufficient_depth"}')
+        assert faults["metric"]["exercise"] == "squat"
+        assert float(faults["value"][1]) == _sample(exported, "pose_faults_total") >= 1
+        [anomalies] = query('pose_anomalies_total{job="pose_analyzer", exercise="squat"}')
+        assert float(anomalies["value"][1]) == _sample(exported, "pose_anomalies_total") >= 1
+        [fps] = query('pose_stream_processed_fps{job="pose_analyzer"}')
+        assert fps["metric"]["stream"] == "0" and 5 < float(fps["value"][1]) <= 31
     finally:
         stop(proc)
