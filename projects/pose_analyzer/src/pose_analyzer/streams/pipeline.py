@@ -242,6 +242,9 @@ class StreamRunner:
             height=height,
             state=self.state,
             exercise=self.config.exercise.name,
+            # From reading the frame off the source to this message: what a viewer lags.
+            latency_s=round(time.monotonic() - frame.read_at, 5),
+            dropped=self.reader.frames_dropped,
         )
         return body
 
