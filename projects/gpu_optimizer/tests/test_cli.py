@@ -63,6 +63,15 @@ def test_profile_cpu_matches_estimate_breakdown(capsys: pytest.CaptureFixture[st
     assert set(measured["breakdown"]) == set(estimated["breakdown"])
 
 
+def test_profile_oom_is_a_result(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["profile", SPEC, "--input-shape", "32", "--batch-size", "4096", "--device", "cpu"]
+    data = _json(capsys, [*argv, "--budget", "256KiB", "--json"])
+    assert data["ok"] is False
+    assert "out of memory at batch size 4096" in data["error"]
+    assert main([*argv, "--budget", "256KiB"]) == 0
+    assert "OOM" in capsys.readouterr().out
+
+
 def test_plan_json_per_machine(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     machines = tmp_path / "m.toml"
     machines.write_text(

@@ -145,6 +145,7 @@ def _profile(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         mode=args.mode,
         snapshot_path=args.snapshot,
+        budget_bytes=args.budget,
     )
     data = result.to_dict()
     plots: list[str] = []
@@ -309,6 +310,7 @@ def add_memory_commands(sub: Any) -> None:
     prof.add_argument("--batch-size", type=_positive_int, required=True)
     prof.add_argument("--device", default="cuda", help="cuda, cuda:N or cpu (default cuda)")
     prof.add_argument("--snapshot", metavar="FILE", help="CUDA memory snapshot (memory_viz)")
+    prof.add_argument("--budget", type=parse_size, help="fail like an OOM above this, e.g. 2GiB")
     prof.add_argument("--plot", metavar="DIR", help="write memory_timeline.png, memory_modules.png")
     prof.set_defaults(func=_guarded(_profile))
 

@@ -83,8 +83,12 @@ def profile(
     dtype: str = "fp32",
     mode: Mode = "train",
     snapshot_path: str | Path | None = None,
+    budget_bytes: int | None = None,
 ) -> ProfileResult:
     """Run and track one real step on ``device``.
+
+    ``budget_bytes`` makes the tracker fail the step like an OOM once its
+    tensors pass that many bytes (a smaller device, on any device).
 
     ``snapshot_path`` (CUDA only) writes a pickle loadable at
     https://pytorch.org/memory_viz, PyTorch's memory visualizer.
@@ -106,7 +110,9 @@ def profile(
             torch.cuda.reset_peak_memory_stats(dev)
             if snapshot_path is not None:
                 torch.cuda.memory._record_memory_history(max_entries=200_000)
-        report = session.tracked_step(batch_size, shape, dt, plan="plain", round_to=1)
+        report = session.tracked_step(
+            batch_size, shape, dt, plan="plain", round_to=1, limit_bytes=budget_bytes
+        )
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             result.allocator = allocator_stats(dev)
