@@ -13,7 +13,8 @@ TASK = $(UV) run --locked python scripts/tasks.py
 endif
 
 .PHONY: help install ensure-uv validate validate-cuda download-models fetch-samples test lint \
-	format run-pose run-vram run-all stop-all status gpu-top dev-session bench clean
+	format run-pose run-vram run-all stop-all status gpu-top dev-session bench clean \
+	monitoring-up monitoring-down
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -67,6 +68,12 @@ stop-all: ensure-uv ## stop the services started by run-all
 
 status: ensure-uv ## show whether the services run
 	$(TASK) status
+
+monitoring-up: ensure-uv ## start Prometheus + Grafana (docker compose), else a local Prometheus on :9090
+	$(TASK) monitoring-up
+
+monitoring-down: ensure-uv ## stop what monitoring-up started
+	$(TASK) monitoring-down
 
 dev-session: ensure-uv ## tmux session with windows pose, vram, monitor
 	$(TASK) dev-session

@@ -1,0 +1,134 @@
+"""`make monitoring-up` / `make monitoring-down` on a free port, as a user runs them.
+
+Without a Docker engine (as here and in CI), `up` falls back to the local
+Prometheus of the Debian package; where an engine answers, the test asks
+for that fallback explicitly (AIML_MONITORING_BACKEND=local).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import free_port, http_ok, port_open, wait_for
+
+REPO = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.integration
+
+
+def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["make", "--no-print-directory", target],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    stat = Path(f"/proc/{pid}/stat")
+    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def pids_using(storage: Path) -> list[int]:
+    """Processes whose command line names this Prometheus storage folder."""
+    flag = f"--storage.tsdb.path={storage}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if flag in (proc / "cmdline").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+    return found
+
+
+def docker_engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    try:
+        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+@pytest.fixture
+def monitoring_env(tmp_path: Path) -> dict[str, str]:
+    if shutil.which("prometheus") is None:
+        pytest.skip("prometheus is not installed (Debian package prometheus)")
+    env = dict(os.environ)
+    env.update(AIML_LOG_DIR=str(tmp_path / "logs"), AIML_PROMETHEUS_PORT=str(free_port()))
+    if docker_engine_answers():
+        env["AIML_MONITORING_BACKEND"] = "local"
+    return env
+
+
+def test_monitoring_up_starts_one_prometheus_and_down_stops_exactly_it(
+    monitoring_env: dict[str, str],
+) -> None:
+    logs = Path(monitoring_env["AIML_LOG_DIR"])
+    port = int(monitoring_env["AIML_PROMETHEUS_PORT"])
+    url = f"http://127.0.0.1:{port}"
+    pid_file = logs / "prometheus.pid"
+    first = make("monitoring-up", monitoring_env)
+    pid = None
+    try:
+        assert first.returncode == 0, first.stdout + first.stderr
+        pid = int(pid_file.read_text())
+        assert alive(pid)
+        assert url in first.stdout
+        assert "Grafana needs docker" in first.stdout
+        assert http_ok(f"{url}/-/ready")
+        # It runs the repository's config, with both services' jobs.
+        with urllib.request.urlopen(f"{url}/api/v1/status/config", timeout=5) as resp:
+            config = json.load(resp)["data"]["yaml"]
+        assert "job_name: pose_analyzer" in config and "job_name: gpu_optimizer" in config
+        assert (logs / "prometheus-data").is_dir() and (logs / "prometheus.log").is_file()
+
+        second = make("monitoring-up", monitoring_env)
+        assert second.returncode == 0, second.stdout + second.stderr
+        assert f"already running (pid {pid})" in second.stdout
+        assert int(pid_file.read_text()) == pid
+        assert pids_using(logs / "prometheus-data") == [pid]  # nothing new was started
+    finally:
+        stopped = make("monitoring-down", monitoring_env)
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    assert pid is not None and f"stopped (pid {pid})" in stopped.stdout
+    assert wait_for(lambda: not alive(pid), 10)
+    assert not pid_file.exists()
+    assert not port_open(port)
+    again = make("monitoring-down", monitoring_env)
+    assert again.returncode == 0 and "not running" in again.stdout
+
+
+def test_without_docker_or_prometheus_up_is_one_clear_error(tmp_path: Path) -> None:
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    env = dict(os.environ, PATH=str(empty), AIML_LOG_DIR=str(tmp_path / "logs"))
+    result = subprocess.run(
+        [sys.executable, str(REPO / "scripts/monitoring.py"), "up"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and "docker" in line and "prometheus" in line
+    assert not (tmp_path / "logs/prometheus.pid").exists()
