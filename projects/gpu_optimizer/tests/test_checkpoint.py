@@ -13,6 +13,7 @@ from gpu_optimizer.checkpointing import (
     block_costs,
     discover_blocks,
     measure_checkpointing,
+    select_blocks,
 )
 from gpu_optimizer.tracker import MemoryTracker
 
@@ -161,3 +162,17 @@ def test_measure_checkpointing_reports_saving_and_time() -> None:
     assert report.seconds_before and report.seconds_after
     assert report.time_overhead_ratio is not None
     assert set(report.to_dict()) >= {"activation_saved_bytes", "time_overhead_ratio"}
+
+
+def test_select_blocks_prefers_bytes_per_flop() -> None:
+    from gpu_optimizer.checkpointing import BlockCost
+
+    costs = [
+        BlockCost("a", activation_bytes=100, flops=1000),  # 0.1 B/FLOP
+        BlockCost("b", activation_bytes=100, flops=100),  # 1 B/FLOP
+        BlockCost("c", activation_bytes=50, flops=10),  # 5 B/FLOP
+    ]
+    assert select_blocks(costs, 50) == ["c"]
+    assert select_blocks(costs, 120) == ["b", "c"]
+    assert select_blocks(costs, 10_000) == ["a", "b", "c"]
+    assert select_blocks(costs, 0) == []

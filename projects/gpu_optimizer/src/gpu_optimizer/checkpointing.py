@@ -151,6 +151,8 @@ class CheckpointReport:
     activation_peak_after: int
     peak_before: int
     peak_after: int
+    # Share of the model's FLOPs inside the checkpointed blocks: the recompute costs
+    # about this share of one forward pass.
     recompute_fraction: float
     seconds_before: float | None = None
     seconds_after: float | None = None
@@ -256,6 +258,22 @@ def block_costs(
     return costs
 
 
+def select_blocks(costs: Sequence[BlockCost], target_bytes: int) -> list[str]:
+    """Fewest FLOPs' worth of blocks predicted to free ``target_bytes`` (greedy, bytes per FLOP).
+
+    Returned in model order; all blocks if even they cannot free that much.
+    """
+    ranked = sorted(costs, key=lambda c: (c.flops + 1) / max(c.activation_bytes, 1))
+    chosen: set[str] = set()
+    freed = 0
+    for cost in ranked:
+        if freed >= target_bytes:
+            break
+        chosen.add(cost.name)
+        freed += cost.activation_bytes
+    return [c.name for c in costs if c.name in chosen]
+
+
 def _total_flops(model: nn.Module, loss_fn: LossFn) -> int:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -328,16 +346,25 @@ def _time_steps(model: nn.Module, loss_fn: LossFn, repeats: int) -> float:
 def measure_checkpointing(
     model: nn.Module, loss_fn: LossFn, blocks: Sequence[str] | None = None, *, repeats: int = 3
 ) -> CheckpointReport:
-    """Tracked memory and best-of-``repeats`` step time, without and with ``blocks``."""
+    """Tracked memory and best-of-``repeats`` step time, without and with ``blocks``.
+
+    Timed steps alternate between the two variants, so load from other
+    processes on a shared machine hits both alike.
+    """
     names = list(blocks) if blocks is not None else discover_blocks(model)
     before = _tracked(model, loss_fn)
-    seconds_before = _time_steps(model, loss_fn, repeats)
     costs = block_costs(model, loss_fn, names)
     total = _total_flops(model, loss_fn)
     with CheckpointManager(model) as manager:
         manager.apply(names)
         after = _tracked(model, loss_fn)
-        seconds_after = _time_steps(model, loss_fn, repeats)
+    _time_steps(model, loss_fn, 1)  # warm-up
+    seconds_before = seconds_after = float("inf")
+    for _ in range(repeats):
+        seconds_before = min(seconds_before, _time_steps(model, loss_fn, 1))
+        with CheckpointManager(model) as manager:
+            manager.apply(names)
+            seconds_after = min(seconds_after, _time_steps(model, loss_fn, 1))
     return CheckpointReport(
         blocks=names,
         activation_peak_before=_activation_peak(before),
