@@ -119,16 +119,67 @@ def test_without_docker_or_prometheus_up_is_one_clear_error(tmp_path: Path) -> N
     empty = tmp_path / "bin"
     empty.mkdir()
     env = dict(os.environ, PATH=str(empty), AIML_LOG_DIR=str(tmp_path / "logs"))
-    result = subprocess.run(
-        [sys.executable, str(REPO / "scripts/monitoring.py"), "up"],
+    result = _script("up", env)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    [line] = result.stderr.splitlines()
+    assert line.startswith("error: ") and "docker" in line and "prometheus" in line
+    assert not (tmp_path / "logs/prometheus.pid").exists()
+
+
+def _fake_docker(bin_dir: Path, calls: Path, engine: bool) -> None:
+    """A `docker` client that records its arguments; `docker info` fails without an engine."""
+    script = bin_dir / "docker"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$*" >> "{calls}"\n'
+        f'if [ "$1" = info ]; then exit {0 if engine else 1}; fi\n'
+        "exit 0\n"
+    )
+    script.chmod(0o755)
+
+
+def _script(action: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(REPO / "scripts/monitoring.py"), action],
         cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
         timeout=60,
     )
+
+
+def test_with_a_docker_engine_up_and_down_use_the_compose_file(tmp_path: Path) -> None:
+    bin_dir, calls = tmp_path / "bin", tmp_path / "docker-calls.txt"
+    bin_dir.mkdir()
+    _fake_docker(bin_dir, calls, engine=True)
+    env = dict(os.environ, PATH=str(bin_dir), AIML_LOG_DIR=str(tmp_path / "logs"))
+    compose = f"compose -f {REPO / 'monitoring/docker-compose.yml'}"
+
+    up = _script("up", env)
+    assert up.returncode == 0, up.stdout + up.stderr
+    assert calls.read_text().splitlines()[-1] == f"{compose} up -d"
+    assert "http://localhost:3000" in up.stdout
+    assert not (tmp_path / "logs/prometheus.pid").exists()  # no local Prometheus
+    assert _script("status", env).returncode == 0
+    assert calls.read_text().splitlines()[-1] == f"{compose} ps"
+    down = _script("down", env)
+    assert down.returncode == 0, down.stdout + down.stderr
+    assert calls.read_text().splitlines()[-1] == f"{compose} down"
+    before = calls.read_text()
+    again = _script("down", env)
+    assert again.returncode == 0 and "not running" in again.stdout
+    assert calls.read_text() == before  # down stops only what up started
+
+
+def test_a_docker_client_without_an_engine_is_not_used(tmp_path: Path) -> None:
+    bin_dir, calls = tmp_path / "bin", tmp_path / "docker-calls.txt"
+    bin_dir.mkdir()
+    _fake_docker(bin_dir, calls, engine=False)
+    env = dict(os.environ, PATH=str(bin_dir), AIML_LOG_DIR=str(tmp_path / "logs"))
+    result = _script("up", env)
     assert result.returncode == 1
-    assert result.stdout == ""
+    assert "compose" in calls.read_text() and " up " not in calls.read_text()
     [line] = result.stderr.splitlines()
-    assert line.startswith("error: ") and "docker" in line and "prometheus" in line
-    assert not (tmp_path / "logs/prometheus.pid").exists()
+    assert line.startswith("error: ")
