@@ -123,9 +123,14 @@ def test_bad_arguments_are_rejected_before_loading(full_model: Path) -> None:
 BUS_PERSON_BOX = (40, 390, 260, 910)
 
 
-@pytest.mark.parametrize("mode", ["image", "video"])
-def test_bus_person_has_every_joint_inside_the_box(full_model, bus, mode) -> None:
-    with MediaPipeDetector(full_model, mode=mode) as detector:
+@pytest.mark.parametrize(
+    ("model", "mode"), [("full", "image"), ("full", "video"), ("lite", "image"), ("heavy", "image")]
+)
+def test_bus_person_has_every_joint_inside_the_box(bus, model, mode) -> None:
+    # All three bundles (rebuilt from the npm models with hand-written metadata) load
+    # and place every joint on the person.
+    path = _need(MODELS / f"pose_landmarker_{model}.task", "make download-models")
+    with MediaPipeDetector(path, mode=mode) as detector:
         (people,) = detector.detect([bus], [0.0])
     assert len(people) >= 1
     x1, y1, x2, y2 = BUS_PERSON_BOX
@@ -144,9 +149,11 @@ def test_bus_person_has_every_joint_inside_the_box(full_model, bus, mode) -> Non
     assert person.keypoints.shape == (len(JOINTS), 3)
     assert person.keypoints.dtype == np.float32
     assert person.track_id is None  # detectors never set ids
-    # A frontal, unoccluded person: hips, knees and shoulders are confidently visible.
-    for joint in ("left_shoulder", "right_shoulder", "left_hip", "right_hip", "left_knee"):
+    # A frontal person: shoulders and hips are confidently visible (his long coat hides
+    # the knees enough for the heavy model to give one of them 0.45), most joints too.
+    for joint in ("left_shoulder", "right_shoulder", "left_hip", "right_hip"):
         assert person.keypoints[JOINT_INDEX[joint], 2] > 0.5, joint
+    assert np.median(person.keypoints[:, 2]) > 0.7
     # Anatomy sanity in pixels: head above shoulders above hips above knees above ankles.
     ys = {j: person.keypoints[JOINT_INDEX[j], 1] for j in ("nose", "left_hip", "left_ankle")}
     assert ys["nose"] < ys["left_hip"] < ys["left_ankle"]
