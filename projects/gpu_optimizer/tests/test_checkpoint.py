@@ -176,3 +176,41 @@ def test_select_blocks_prefers_bytes_per_flop() -> None:
     assert select_blocks(costs, 120) == ["b", "c"]
     assert select_blocks(costs, 10_000) == ["a", "b", "c"]
     assert select_blocks(costs, 0) == []
+
+
+def test_selective_policy_keeps_gradients_and_sits_between_plain_and_full() -> None:
+    """Selective checkpointing keeps matmul outputs and recomputes the GELUs, so each
+    block stops saving the first GELU's output (B x 1024): the forward peak lies between
+    plain (everything saved) and full checkpointing (only block inputs)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        *[
+            nn.Sequential(nn.Linear(256, 1024), nn.GELU(), nn.Linear(1024, 256), nn.GELU())
+            for _ in range(4)
+        ]
+    )
+    x = torch.randn(32, 256)
+    reference = _grads(model, x)
+
+    def forward_peak() -> int:
+        with MemoryTracker(model) as tracker:
+            with tracker.phase("forward"):
+                loss = model(x).sum()
+            with tracker.phase("backward"):
+                loss.backward()
+                del loss
+        model.zero_grad(set_to_none=True)
+        return tracker.report().phase_peaks["forward"]
+
+    plain = forward_peak()
+    peaks = {}
+    for policy in ("full", "save-matmuls"):
+        with CheckpointManager(model, policy=policy) as manager:
+            manager.apply_every(1)
+            peaks[policy] = forward_peak()
+            grads = _grads(model, x)
+        for name, grad in reference.items():
+            torch.testing.assert_close(grads[name], grad, rtol=0, atol=0)
+    assert peaks["full"] < peaks["save-matmuls"] < plain
+    with pytest.raises(ValueError, match="policy"):
+        CheckpointManager(model, policy="sometimes")

@@ -59,12 +59,48 @@ def discover_blocks(model: nn.Module, *, max_fraction: float = 0.5) -> list[str]
     return blocks
 
 
-def _checkpointed_forward(original: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+# Selective (op-level) policy: keep the outputs of the expensive ops (matmuls,
+# convolutions, attention), recompute the cheap ones (norms, activations,
+# elementwise) in backward. Saves less than full checkpointing, costs almost nothing.
+_EXPENSIVE_OPS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten.baddbmm.default,
+    torch.ops.aten.convolution.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+}
+POLICIES: tuple[str, ...] = ("full", "save-matmuls")
+
+
+def _save_matmuls(_ctx: Any, op: Any, *_args: Any, **_kwargs: Any) -> Any:
+    from torch.utils.checkpoint import CheckpointPolicy
+
+    if op in _EXPENSIVE_OPS:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def _selective_context() -> Any:
+    from torch.utils.checkpoint import create_selective_checkpoint_contexts
+
+    return create_selective_checkpoint_contexts(_save_matmuls)
+
+
+def _checkpointed_forward(
+    original: Callable[..., Any], policy: str, *args: Any, **kwargs: Any
+) -> Any:
     if not torch.is_grad_enabled():
         return original(*args, **kwargs)
     for leaf in tree_leaves((args, kwargs)):
         if isinstance(leaf, torch.Tensor):
             notify_saved(leaf)  # the checkpoint keeps its inputs alive for the recompute
+    if policy == "save-matmuls":
+        return checkpoint(
+            original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs
+        )
     return checkpoint(original, *args, use_reentrant=False, **kwargs)
 
 
@@ -74,12 +110,21 @@ class CheckpointManager:
 
     Choose modules by exact names (:meth:`apply`), a glob pattern
     (:meth:`apply_pattern`), every k-th block (:meth:`apply_every`), or to
-    meet a memory budget (:func:`gpu_optimizer.estimator.auto_checkpoint`).
+    meet a memory budget (:func:`auto_checkpoint`). ``policy="save-matmuls"``
+    uses PyTorch's selective checkpointing: inside a block, matmul and
+    convolution outputs stay saved and only the cheap ops are recomputed.
     Usable as a context manager that removes everything on exit.
     """
 
     model: nn.Module
+    policy: str = "full"
     applied: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.policy not in POLICIES:
+            raise ValueError(
+                f"unknown checkpoint policy {self.policy!r}; expected one of {POLICIES}"
+            )
 
     def _modules(self) -> dict[str, nn.Module]:
         return dict(self.model.named_modules())
@@ -96,7 +141,7 @@ class CheckpointManager:
             if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
                 raise ValueError(f"{name!r} is a {type(module).__name__}, which has no forward")
             original = module.forward
-            module.forward = functools.partial(_checkpointed_forward, original)  # type: ignore[method-assign]
+            module.forward = functools.partial(_checkpointed_forward, original, self.policy)  # type: ignore[method-assign]
             self.applied.append(name)
             done.append(name)
         return done
