@@ -434,7 +434,7 @@ def run_schemathesis(url: str) -> None:
     failures: list[str] = []
     operations = 0
     for result in schema.get_all_operations():
-        operation = result.ok()
+        operation = result.ok()  # type: ignore[union-attr]
         operations += 1
 
         @hypothesis.settings(

@@ -10,10 +10,11 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI
-from fastapi.responses import Response
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
+from sqlalchemy.exc import OperationalError
 
 from gpu_optimizer import __version__
 from gpu_optimizer.api.routes import machines, plans, profiles
@@ -120,6 +121,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.registry = registry
     app.state.job_metrics = JobMetrics(registry)
     app.include_router(machines.router)
+
+    @app.exception_handler(OperationalError)
+    async def database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
+        log.error("database error: %s", exc)
+        return JSONResponse({"detail": "the job database is unavailable; retry later"}, 503)
+
     app.include_router(profiles.router)
     app.include_router(plans.router)
 

@@ -92,11 +92,13 @@ class JobCreated(BaseModel):
     url: str
 
 
-def _utc(value: datetime | None) -> datetime | None:
+def _utc(value: datetime) -> datetime:
     # SQLite hands back naive datetimes; every time we store is UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value
+    return value.replace(tzinfo=timezone.utc) if value.tzinfo is None else value
+
+
+def _utc_or_none(value: datetime | None) -> datetime | None:
+    return None if value is None else _utc(value)
 
 
 class JobSummary(BaseModel):
@@ -119,8 +121,8 @@ class JobSummary(BaseModel):
             mode=job.mode,
             progress=job.progress,
             created_at=_utc(job.created_at),
-            started_at=_utc(job.started_at),
-            finished_at=_utc(job.finished_at),
+            started_at=_utc_or_none(job.started_at),
+            finished_at=_utc_or_none(job.finished_at),
             error=job.error,
         )
 

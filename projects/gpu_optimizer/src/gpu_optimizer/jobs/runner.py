@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.context import BaseContext
 from multiprocessing.process import BaseProcess
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import CursorResult, select, update
 
 from gpu_optimizer.jobs import entry
 from gpu_optimizer.metrics import JobMetrics
@@ -53,6 +53,10 @@ def worker_context() -> BaseContext:
         ctx.set_forkserver_preload([_PRELOAD])
         return ctx
     return multiprocessing.get_context("spawn")
+
+
+def _rowcount(result: Any) -> int:
+    return int(cast(CursorResult[Any], result).rowcount or 0)
 
 
 def describe_exit(exitcode: int | None) -> str:
@@ -85,6 +89,17 @@ class _Running:
 
 
 @dataclass
+class _Launch:
+    key: str
+    kind: str
+    request: dict[str, Any]
+    timeout_s: float
+    future: Future[dict[str, Any]] | None
+    model: str = ""
+    mode: str = ""
+
+
+@dataclass
 class _Pending:
     kind: str
     request: dict[str, Any]
@@ -110,25 +125,36 @@ class JobRunner:
         self._job_timeout_s = job_timeout_s
         self._resolve_spec = resolve_spec
         self._metrics = metrics
-        self._ctx = context or worker_context()
+        self._ctx: Any = context or worker_context()
         self._lock = threading.RLock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._queue: collections.deque[str] = collections.deque()
         self._tasks: collections.deque[_Pending] = collections.deque()
         self._running: dict[str, _Running] = {}
+        self._starting: set[str] = set()
+        self._cancelled: set[str] = set()
         self._thread: threading.Thread | None = None
 
     # -- lifecycle -------------------------------------------------------------
 
     def start(self, *, warm_up: bool = True) -> None:
         self._thread = threading.Thread(
-            target=self._supervise, args=(warm_up,), name="gpu-optimizer-jobs", daemon=True
+            target=self._supervise, name="gpu-optimizer-jobs", daemon=True
         )
         self._thread.start()
+        if warm_up:
+            threading.Thread(
+                target=self._warm_up, name="gpu-optimizer-warm-up", daemon=True
+            ).start()
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Kill every worker; jobs still running are left for :meth:`recover` at the next start."""
+    def stop(self, timeout: float = 2.0) -> None:
+        """Kill every worker; jobs still running are left for :meth:`recover` at the next start.
+
+        The supervisor may be blocked starting a process while the forkserver still
+        preloads; it is a daemon thread, and a worker it starts late exits by itself
+        once this process is gone (see ``worker._exit_with_owner``).
+        """
         self._stopping.set()
         self._wake.set()
         if self._thread is not None:
@@ -143,11 +169,13 @@ class JobRunner:
     def recover(self) -> tuple[int, int]:
         """Fail the jobs a previous process left running; queue again the ones it never started."""
         with self._db.session() as session:
-            failed = session.execute(
-                update(ProfilingJob)
-                .where(ProfilingJob.state == JobState.RUNNING)
-                .values(state=JobState.FAILED, error=RESTART_MESSAGE, finished_at=utcnow())
-            ).rowcount
+            failed = _rowcount(
+                session.execute(
+                    update(ProfilingJob)
+                    .where(ProfilingJob.state == JobState.RUNNING)
+                    .values(state=JobState.FAILED, error=RESTART_MESSAGE, finished_at=utcnow())
+                )
+            )
             queued = session.scalars(
                 select(ProfilingJob.id)
                 .where(ProfilingJob.state == JobState.QUEUED)
@@ -193,7 +221,9 @@ class JobRunner:
                 self._kill(run)
                 self._finish(job_id, JobState.CANCELLED, error="cancelled by request", run=run)
                 return True
-            if job_id in self._queue:
+            if job_id in self._starting:
+                self._cancelled.add(job_id)
+            elif job_id in self._queue:
                 self._queue.remove(job_id)
             return self._finish(job_id, JobState.CANCELLED, error="cancelled by request")
 
@@ -209,14 +239,16 @@ class JobRunner:
 
     # -- supervisor ------------------------------------------------------------
 
-    def _supervise(self, warm_up: bool) -> None:
-        if warm_up:
-            try:
-                process = self._ctx.Process(target=entry.noop, daemon=True)
-                process.start()
-                process.join()
-            except Exception:
-                log.exception("could not warm up the worker processes")
+    def _warm_up(self) -> None:
+        """Start the forkserver (it preloads torch) now rather than at the first job."""
+        try:
+            process = self._ctx.Process(target=entry.noop, daemon=True)
+            process.start()
+            process.join()
+        except Exception:
+            log.exception("could not warm up the worker processes")
+
+    def _supervise(self) -> None:
         while not self._stopping.is_set():
             try:
                 self._start_ready()
@@ -226,73 +258,108 @@ class JobRunner:
                 time.sleep(0.5)
 
     def _start_ready(self) -> None:
+        launches: list[_Launch] = []
         with self._lock:
+            # Plans get their own ``workers`` slots, so a long job never delays a plan;
+            # the startup recommendation is a single background task and takes none.
+            waiting: collections.deque[_Pending] = collections.deque()
+            plans = self._count("plan")
             while self._tasks:
                 pending = self._tasks.popleft()
+                if pending.kind == "plan" and plans >= self._workers:
+                    waiting.append(pending)
+                    continue
                 if pending.future.set_running_or_notify_cancel():
-                    self._launch(
-                        uuid.uuid4().hex,
-                        pending.kind,
-                        pending.request,
-                        pending.timeout_s,
-                        pending.future,
+                    plans += pending.kind == "plan"
+                    launches.append(
+                        _Launch(
+                            uuid.uuid4().hex,
+                            pending.kind,
+                            pending.request,
+                            pending.timeout_s,
+                            pending.future,
+                        )
                     )
-            while self._queue and self._job_count() < self._workers:
-                job_id = self._queue.popleft()
-                self._start_job(job_id)
+            self._tasks = waiting
+            jobs = self._count("profile")
+            while self._queue and jobs < self._workers:
+                launch = self._prepare_job(self._queue.popleft())
+                if launch is not None:
+                    jobs += 1
+                    launches.append(launch)
+            self._starting.update(launch.key for launch in launches)
+        # Outside the lock: starting a process waits for the forkserver, which may
+        # still be preloading, and cancel/stop must not wait for that.
+        for launch in launches:
+            self._launch(launch)
 
-    def _job_count(self) -> int:
-        return sum(1 for r in self._running.values() if r.kind == "profile")
+    def _count(self, kind: str) -> int:
+        return sum(1 for r in self._running.values() if r.kind == kind)
 
-    def _start_job(self, job_id: str) -> None:
+    def _prepare_job(self, job_id: str) -> _Launch | None:
         with self._db.session() as session:
             job = session.get(ProfilingJob, job_id)
             if job is None or job.state != JobState.QUEUED:
-                return
+                return None
             request = dict(job.request)
             try:
                 request["model"] = self._resolve_spec(request["model"])
             except Exception as exc:
                 session.commit()
                 self._finish(job_id, JobState.FAILED, error=str(exc))
-                return
+                return None
             job.state = JobState.RUNNING
             job.started_at = utcnow()
             job.progress = 0.0
             session.commit()
+            model, mode = job.model, job.mode
         if self._metrics is not None:
             self._metrics.entered(JobState.RUNNING.value)
-        run = self._launch(job_id, "profile", request, self._job_timeout_s, None)
-        run.model, run.mode = job.model, job.mode
+        return _Launch(job_id, "profile", request, self._job_timeout_s, None, model, mode)
 
-    def _launch(
-        self,
-        key: str,
-        kind: str,
-        request: dict[str, Any],
-        timeout_s: float,
-        future: Future[dict[str, Any]] | None,
-    ) -> _Running:
+    def _launch(self, launch: _Launch) -> None:
         parent, child = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=entry.child_main,
-            args=(child, kind, request),
-            name=f"gpu-optimizer-{kind}-{key[:8]}",
+            args=(child, launch.kind, launch.request),
+            name=f"gpu-optimizer-{launch.kind}-{launch.key[:8]}",
             daemon=True,
         )
         now = time.monotonic()
-        run = _Running(key, kind, process, parent, now, now + timeout_s, timeout_s, future=future)
+        run = _Running(
+            launch.key,
+            launch.kind,
+            process,
+            parent,
+            now,
+            now + launch.timeout_s,
+            launch.timeout_s,
+            model=launch.model,
+            mode=launch.mode,
+            future=launch.future,
+        )
         try:
             process.start()
         except Exception as exc:
             parent.close()
             child.close()
             run.outcome = ("error", f"could not start a worker process: {exc}")
-            self._complete(run)
-            return run
-        child.close()
-        self._running[key] = run
-        return run
+        else:
+            child.close()
+        with self._lock:
+            self._starting.discard(run.key)
+            if run.key in self._cancelled or self._stopping.is_set():
+                # Cancelled (the job row is already final) or shutting down while starting.
+                self._cancelled.discard(run.key)
+                if run.outcome is None:
+                    self._kill(run)
+                    parent.close()
+                if run.future is not None and not run.future.done():
+                    run.future.set_exception(TaskFailed("the service is shutting down"))
+            elif run.outcome is not None:
+                self._complete(run)
+            else:
+                self._running[run.key] = run
 
     def _poll(self, timeout: float) -> None:
         with self._lock:
@@ -337,7 +404,8 @@ class JobRunner:
             pass
 
     def _complete(self, run: _Running) -> None:
-        tag, value = run.outcome or ("error", "no outcome")
+        outcome: tuple[str, Any] = run.outcome or ("error", "no outcome")
+        tag, value = outcome
         if run.kind != "profile":
             if run.future is not None and not run.future.done():
                 if tag == "result":
@@ -385,11 +453,13 @@ class JobRunner:
         if result is not None:
             values.update(result=result, progress=1.0)
         with self._db.session() as session:
-            changed = session.execute(
-                update(ProfilingJob)
-                .where(ProfilingJob.id == job_id, ProfilingJob.state.in_(ACTIVE_STATES))
-                .values(**values)
-            ).rowcount
+            changed = _rowcount(
+                session.execute(
+                    update(ProfilingJob)
+                    .where(ProfilingJob.id == job_id, ProfilingJob.state.in_(ACTIVE_STATES))
+                    .values(**values)
+                )
+            )
             session.commit()
         if not changed:
             return False

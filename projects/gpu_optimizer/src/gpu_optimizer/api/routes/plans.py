@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from fastapi import APIRouter, HTTPException, status
 
@@ -13,7 +14,7 @@ from gpu_optimizer.jobs.runner import TaskFailed, TaskTimedOut
 
 router = APIRouter(tags=["plans"])
 
-PLAN_RESPONSES = {
+PLAN_RESPONSES: dict[int | str, dict[str, Any]] = {
     **{code: ERROR_RESPONSES[code] for code in (403,)},
     504: {"model": ErrorOut, "description": "planning ran past the plan timeout"},
 }
