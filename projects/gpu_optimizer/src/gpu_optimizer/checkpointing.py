@@ -232,21 +232,28 @@ class CheckpointReport:
         }
 
 
-def _tracked(model: nn.Module, loss_fn: LossFn, keep: dict[str, list[Any]] | None = None) -> Any:
+def _tracked(
+    model: nn.Module,
+    loss_fn: LossFn,
+    keep: dict[str, list[Any]] | None = None,
+    infos: dict[str, list[Any]] | None = None,
+) -> Any:
+    """One tracked forward+backward; ``infos`` receives, per name in ``keep``, the tracker's
+    view of the still-live storages (weakrefs) that block returned."""
     from gpu_optimizer.tracker import MemoryTracker
 
     with MemoryTracker(model) as tracker:
         with tracker.phase("forward"):
             loss = loss_fn()
         # What each watched block returned and is still alive after forward, deduplicated.
-        tracker.output_infos = {}
         for name, refs in (keep or {}).items():
             seen: dict[int, Any] = {}
             for ref in refs:
                 storage = ref()
                 if storage is not None and id(storage) not in seen:
                     seen[id(storage)] = tracker.storage_info(storage)
-            tracker.output_infos[name] = [i for i in seen.values() if i is not None]
+            if infos is not None:
+                infos[name] = [i for i in seen.values() if i is not None]
         with tracker.phase("backward"):
             loss.backward()
             del loss
@@ -268,6 +275,7 @@ def block_costs(
     names = list(blocks) if blocks is not None else discover_blocks(model)
     modules = dict(model.named_modules())
     outputs: dict[str, list[Any]] = {name: [] for name in names}
+    output_infos: dict[str, list[Any]] = {}
     hooks = []
     for name in names:
 
@@ -279,7 +287,7 @@ def block_costs(
         hooks.append(modules[name].register_forward_hook(keep_output))
     try:
         with FlopCounterMode(display=False) as counter:
-            tracker = _tracked(model, loss_fn, keep=outputs)
+            tracker = _tracked(model, loss_fn, keep=outputs, infos=output_infos)
     finally:
         for h in hooks:
             h.remove()
@@ -293,7 +301,7 @@ def block_costs(
         # The block's output stays saved if a layer after the block saved it too.
         act -= sum(
             nbytes
-            for module, category, nbytes, saved_by in tracker.output_infos.get(name, [])
+            for module, category, nbytes, saved_by in output_infos.get(name, [])
             if category == "activations"
             and module.startswith(f"{name}.")
             and any(m != name and not m.startswith(f"{name}.") for m in saved_by)
