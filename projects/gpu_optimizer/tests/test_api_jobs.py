@@ -339,6 +339,18 @@ def test_plan_per_machine_equals_the_library(server: Server, workdir: Path) -> N
         )
 
 
+def test_plan_whose_model_fails_is_a_422_with_the_reason(server: Server) -> None:
+    response = server.post("/plans", {"model": "nets:raises", "input_shape": [12]})
+    assert response.status_code == 422
+    detail = response.json()["detail"]
+    assert detail.startswith("planning 'nets:raises' failed: ")
+    assert "RuntimeError: factory exploded on purpose" in detail
+    crashed = server.post("/plans", {"model": "nets:exits", "input_shape": [12]})
+    assert crashed.status_code == 422
+    assert "worker process exited with code 7" in crashed.json()["detail"]
+    assert server.get("/health").status_code == 200
+
+
 def test_recommended_batch_metric_per_machine(server: Server) -> None:
     def samples() -> dict[str, float]:
         text = server.get("/metrics").text
