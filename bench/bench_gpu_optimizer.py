@@ -13,6 +13,9 @@
    Step times on a shared 2-core machine are noisy: the variants alternate and
    the best of N is kept, but treat differences under ~10% as noise.
    Goal: >= 50% activation memory saved at <= 30% step-time overhead.
+3. Only where CUDA is available: estimated vs measured max_memory_allocated
+   (resnet50, yolo11n-pose at batch 8 and 32; goal <= 10% error), the finder's
+   batch vs the predicted one under a 4 GiB budget, and the swapper's cost.
 
 Single-threaded (torch and BLAS), so figures are comparable on a shared machine.
 
@@ -28,6 +31,7 @@ for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
 
 import argparse  # noqa: E402
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import tempfile  # noqa: E402
@@ -116,7 +120,7 @@ def small_vit() -> torch.nn.Module:
     )
 
 
-def bench_checkpointing(repeats: int, batch: int) -> dict[str, object]:
+def bench_checkpointing(repeats: int, batch: int) -> dict[str, dict[str, object]]:
     cases = {
         "resnet50": (lambda: torchvision.models.resnet50(), (3, 160, 160)),
         "vit_s16_6layers": (small_vit, (3, 224, 224)),
@@ -162,6 +166,71 @@ def bench_checkpointing(repeats: int, batch: int) -> dict[str, object]:
     return out
 
 
+def bench_cuda() -> dict[str, object]:
+    """Only with a CUDA GPU: estimate vs measured peak, finder vs prediction, swapper cost."""
+    from gpu_optimizer.estimator import batch_memory_model, estimate
+    from gpu_optimizer.finder import find_batch_size
+    from gpu_optimizer.profiler import profile
+    from gpu_optimizer.swapper import TensorSwapper
+
+    out: dict[str, object] = {"device": torch.cuda.get_device_name(0)}
+    errors = []
+    for model, shape in (("resnet50", "3,224,224"), ("yolo11n-pose.yaml", "3,640,640")):
+        for batch in (8, 32):
+            predicted = estimate(model, shape, batch).to_dict()["predicted_cuda"]
+            measured = profile(model, shape, batch, device="cuda")
+            if not measured.ok or measured.allocator is None:
+                errors.append({"model": model, "batch": batch, "error": measured.error})
+                continue
+            real = measured.allocator["max_memory_allocated_bytes"]
+            errors.append(
+                {
+                    "model": model,
+                    "batch": batch,
+                    "predicted_max_allocated_bytes": predicted["max_memory_allocated_bytes"],
+                    "measured_max_allocated_bytes": real,
+                    "relative_error": round(predicted["max_memory_allocated_bytes"] / real - 1, 4),
+                }
+            )
+    out["estimate_vs_measured"] = errors
+    budget = 4 * 2**30
+    found = find_batch_size("resnet50", "3,224,224", device="cuda", budget_bytes=budget)
+    fitted = batch_memory_model("resnet50", "3,224,224", plans=("plain",))["plain"]
+    out["finder_resnet50_4GiB_budget"] = {
+        "found": found.batch_size,
+        "predicted": fitted.max_batch(int(budget * 0.9)),
+        "trials": len(found.trials),
+    }
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        *[torch.nn.Sequential(torch.nn.Linear(2048, 8192), torch.nn.GELU()) for _ in range(8)]
+    ).cuda()
+    x = torch.randn(4096, 2048, device="cuda")
+
+    def step(swapper: TensorSwapper | None) -> tuple[float, int]:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        start = time.perf_counter()
+        with swapper if swapper is not None else contextlib.nullcontext():
+            loss = net(x).float().square().mean()
+        loss.backward()
+        net.zero_grad(set_to_none=True)
+        torch.cuda.synchronize()
+        return time.perf_counter() - start, int(torch.cuda.max_memory_allocated())
+
+    step(None)
+    plain = min(step(None) for _ in range(3))
+    swapped = min(step(TensorSwapper(threshold_bytes=1 << 20, model=net)) for _ in range(3))
+    out["swapper_mlp"] = {
+        "plain_seconds": round(plain[0], 4),
+        "swapped_seconds": round(swapped[0], 4),
+        "time_overhead_ratio": round(swapped[0] / plain[0] - 1, 4),
+        "plain_max_allocated_bytes": plain[1],
+        "swapped_max_allocated_bytes": swapped[1],
+    }
+    return out
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (best of)")
@@ -179,6 +248,7 @@ def main() -> int:
         },
         "planning": bench_planning(),
         "checkpointing_cpu": bench_checkpointing(args.repeats, args.batch),
+        "cuda": bench_cuda() if torch.cuda.is_available() else None,
         "goals": {
             "plan_seconds": PLAN_GOAL_S,
             "activation_saved_ratio": SAVED_GOAL,
