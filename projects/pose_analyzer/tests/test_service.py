@@ -269,6 +269,8 @@ def test_upload_is_analysed_as_a_background_job(server) -> None:
 
 
 def test_oversized_upload_is_413_and_nothing_is_kept(tmp_path: Path, data_dir: Path) -> None:
+    uploads = data_dir / "uploads"
+    before = set(uploads.glob("*")) if uploads.exists() else set()
     with (
         running_server(
             data_dir, f"sqlite:///{tmp_path / 'db.sqlite'}", POSE_MAX_UPLOAD_BYTES="1000"
@@ -282,9 +284,8 @@ def test_oversized_upload_is_413_and_nothing_is_kept(tmp_path: Path, data_dir: P
         )
         assert r.status_code == 413
         assert "larger than 1000 bytes" in r.json()["detail"]
-        assert (
-            not list((data_dir / "uploads").glob("*")) if (data_dir / "uploads").exists() else True
-        )
+        after = set(uploads.glob("*")) if uploads.exists() else set()
+        assert after == before  # the partial upload was removed
 
 
 def test_api_key_guards_every_route_and_the_websocket(tmp_path: Path, data_dir: Path) -> None:

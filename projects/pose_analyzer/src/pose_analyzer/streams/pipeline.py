@@ -192,8 +192,9 @@ class StreamRunner:
                     self._executor, self._process, frame, self.hub.wants_frames
                 )
                 t_pub = time.perf_counter()
-                self.hub.publish(self._message(frame, result), jpeg)
+                # Commit first: a rep a client has seen is a rep the database keeps.
                 await self._persist(result)
+                self.hub.publish(self._message(frame, result), jpeg)
                 now = time.monotonic()
                 self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - t_pub)
                 latency = now - frame.read_at
