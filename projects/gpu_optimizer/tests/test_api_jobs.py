@@ -469,7 +469,11 @@ def run_schemathesis(url: str) -> None:
 
 @pytest.fixture
 def postgres_url() -> Iterator[tuple[str, str]]:
-    """A fresh schema on the CI PostgreSQL server, dropped afterwards: (url, schema)."""
+    """A fresh schema on the CI PostgreSQL server, dropped afterwards: (url, schema).
+
+    Where the role may not create schemas, the default schema is used and our two
+    tables are dropped before and after instead.
+    """
     url = os.environ.get("AIML_TEST_POSTGRES_URL")
     if not url:
         pytest.skip(
@@ -478,11 +482,28 @@ def postgres_url() -> Iterator[tuple[str, str]]:
         )
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ProgrammingError
 
-    schema = f"gpu_opt_test_{uuid.uuid4().hex[:12]}"
     engine = create_engine(url)
-    with engine.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    schema = f"gpu_opt_test_{uuid.uuid4().hex[:12]}"
+    ours = ("profiling_jobs", "gpu_optimizer_alembic_version")
+    try:
+        with engine.begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+    except ProgrammingError:
+        # No right to create schemas: use the default one, with our tables dropped.
+        with engine.begin() as connection:
+            schema = connection.execute(text("SELECT current_schema()")).scalar_one()
+            for table in ours:
+                connection.execute(text(f'DROP TABLE IF EXISTS "{schema}"."{table}"'))
+        try:
+            yield url, schema
+        finally:
+            with engine.begin() as connection:
+                for table in ours:
+                    connection.execute(text(f'DROP TABLE IF EXISTS "{schema}"."{table}"'))
+            engine.dispose()
+        return
     scoped = make_url(url).update_query_dict({"options": f"-csearch_path={schema}"})
     try:
         yield scoped.render_as_string(hide_password=False), schema
