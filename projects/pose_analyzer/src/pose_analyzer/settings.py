@@ -33,7 +33,7 @@ class Settings(BaseSettings):
     default_backend: str = "mediapipe"
     default_model: str = "full"
     # Frames a reader keeps for a live source before dropping the oldest.
-    reader_buffer: int = 2
+    reader_buffer: int = 1
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 8.0
     # WebSocket clients: queued messages per client, and how long a client may stay
