@@ -157,8 +157,7 @@ class JobRunner:
                 for rep in person.reps:
                     self.db.add_rep(job.id, person.id, rep.to_dict(), job.frames_done)
                 for anomaly in person.anomalies:
-                    a = anomaly.to_dict()
-                    self.db.add_anomaly(job.id, person.id, int(a["rep_index"]), str(a["reason"]))
+                    self.db.add_anomaly(job.id, person.id, anomaly.rep_index, anomaly.reason)
             self.db.end_session(job.id, status="ended", frames=job.frames_done)
             job.report = report.to_dict()
             job.progress = 1.0

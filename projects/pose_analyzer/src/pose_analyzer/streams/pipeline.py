@@ -262,13 +262,9 @@ class StreamRunner:
                 for fault in person.new_rep.faults:
                     self.metrics.faults.labels(exercise, fault.code).inc()
             if person.new_anomaly is not None:
-                anomaly = person.new_anomaly.to_dict()
+                anomaly = person.new_anomaly
                 await asyncio.to_thread(
-                    self.db.add_anomaly,
-                    self.id,
-                    person.track_id,
-                    int(anomaly.get("rep_index", 0)),
-                    str(anomaly.get("reason", "")),
+                    self.db.add_anomaly, self.id, person.track_id, anomaly.rep_index, anomaly.reason
                 )
                 self.metrics.anomalies.labels(exercise).inc()
 

@@ -222,7 +222,7 @@ class KeypointReader(FrameReader):
         wall_start = time.monotonic()
         first_t: float | None = None
         try:
-            for poses in read_keypoints(self.source.target):
+            for poses in read_keypoints(str(self.source.target)):
                 if self._stop.is_set():
                     return
                 now = time.monotonic()

@@ -19,6 +19,8 @@ else:  # `alembic -x url=... upgrade head` from a shell
     url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option(
         "sqlalchemy.url"
     )
+    if not url:
+        raise SystemExit("give the database: alembic -x url=sqlite:///data/pose_analyzer.db ...")
     with create_engine(url).connect() as conn:
         context.configure(connection=conn, target_metadata=target_metadata)
         with context.begin_transaction():
