@@ -107,6 +107,21 @@ def test_peak_phase_per_module_and_timeline_are_consistent() -> None:
     assert set(json_ready["breakdown"]) == set(CATEGORIES)
 
 
+def test_tracker_is_released_after_exit_while_the_model_lives() -> None:
+    import gc
+    import weakref
+
+    model = two_layer_mlp()
+    with MemoryTracker(model) as tracker:
+        model(torch.randn(4, 100)).sum().backward()
+    report = tracker.report()
+    ref = weakref.ref(tracker)
+    del tracker
+    gc.collect()
+    assert ref() is None  # parameters' finalizers no longer point at it
+    assert report.final_breakdown["parameters"] == 22_240
+
+
 def test_only_the_tracked_device_counts() -> None:
     with MemoryTracker(device="meta") as tracker:
         a = torch.empty(1000, device="meta")

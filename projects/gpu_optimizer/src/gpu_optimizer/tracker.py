@@ -135,7 +135,7 @@ class _Mode(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
         out = func(*args, **(kwargs or {}))
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.layout == torch.strided:
                 self.tracker._observe(t)
         return out
 
@@ -244,7 +244,7 @@ class MemoryTracker:
 
     def mark_saved(self, tensor: torch.Tensor) -> None:
         """Count ``tensor``'s storage as an activation (kept for backward)."""
-        if isinstance(tensor, torch.Tensor):
+        if isinstance(tensor, torch.Tensor) and tensor.layout == torch.strided:
             self._classify(tensor, "activations")
             info = self._storages[id(tensor.untyped_storage())]
             info.saved_by.add(self._module_stack[-1] if self._module_stack else "")
@@ -339,6 +339,12 @@ class MemoryTracker:
             h.remove()
         self._handles.clear()
         self._module_stack.clear()
+        # Tracking stops here: storages that outlive the tracker (parameters) must not
+        # keep it, and its event log, alive through their finalizers.
+        for ref in self._refs.values():
+            ref.detach()
+        self._refs.clear()
+        self._storages.clear()
 
     # -- results -------------------------------------------------------------
 
