@@ -14,6 +14,7 @@ import base64
 import logging
 import time
 import uuid
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,13 +62,13 @@ class StreamStats:
     last_latency_s: float | None = None
     people: int = 0
     reps: int = 0
-    _window: list[float] = field(default_factory=list)
+    _window: deque[float] = field(default_factory=deque)  # publish times of the last 2 s
 
     def tick(self, now: float) -> None:
         self.frames_processed += 1
         self._window.append(now)
         while self._window and now - self._window[0] > 2.0:
-            self._window.pop(0)
+            self._window.popleft()
         if len(self._window) > 1:
             span = self._window[-1] - self._window[0]
             self.fps = (len(self._window) - 1) / span if span > 0 else 0.0
@@ -127,6 +128,7 @@ class StreamRunner:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stream-{self.id}")
         self._detector: PoseDetector | None = None
         self._shared = shared_detector
+        self._size: tuple[int | None, int | None] = (None, None)  # of the last frame
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.finished = asyncio.Event()
@@ -235,7 +237,7 @@ class StreamRunner:
         return result, jpeg
 
     def _message(self, frame: Frame, result: FrameResult) -> dict[str, Any]:
-        width, height = getattr(self, "_size", (None, None))
+        width, height = self._size
         body = result.to_dict()
         body.update(
             stream_id=self.id,
