@@ -136,8 +136,14 @@ def test_bad_workloads_are_rejected() -> None:
 
 
 @pytest.mark.slow
-def test_default_workloads_on_the_three_machines() -> None:
+def test_default_workloads_on_the_three_machines(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The real answer for the user's machines: sane sizes, ordered by VRAM and by plan."""
+    from gpu_optimizer import planning
+
+    monkeypatch.setenv(planning.CACHE_DIR_ENV, str(tmp_path))  # computed here, not read back
+    planning._fitted.cache_clear()
     by_vram = {v: recommend_batch_sizes(v * 2**30) for v in (8, 12, 16)}
     for recs in by_vram.values():
         assert [r.workload for r in recs] == list(DEFAULT_WORKLOADS)
