@@ -384,7 +384,7 @@ class JobRunner:
                         run.outcome = ("error", describe_exit(run.process.exitcode))
                 if run.outcome is not None:
                     self._running.pop(run.key, None)
-                    run.process.join(5)
+                    run.process.join(2)
                     if run.process.is_alive():
                         self._kill(run)
                     run.conn.close()
