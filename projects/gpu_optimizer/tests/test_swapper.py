@@ -134,3 +134,45 @@ def test_cuda_offload_lowers_max_memory_allocated_and_keeps_gradients() -> None:
     assert plain_peak - swap_peak > 0.5 * saved
     for name, grad in reference.items():
         torch.testing.assert_close(swapped[name], grad)
+
+
+def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 3) -> None:
+    torch.manual_seed(1)
+    for _ in range(steps):
+        model(torch.randn(4, 256)).square().mean().backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+def test_optimizer_state_offloader_gives_the_same_updates() -> None:
+    from gpu_optimizer.swapper import OptimizerStateOffloader
+
+    plain, offloaded = mlp(), mlp()
+    opt_a = torch.optim.AdamW(plain.parameters(), lr=1e-2)
+    opt_b = torch.optim.AdamW(offloaded.parameters(), lr=1e-2)
+    _train(plain, opt_a)
+    with OptimizerStateOffloader(opt_b) as offloader:
+        _train(offloaded, opt_b)
+    for a, b in zip(plain.parameters(), offloaded.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert offloader.bytes_to_host == 0  # already on the CPU here: nothing to move
+    assert not opt_b._optimizer_step_pre_hooks and not opt_b._optimizer_step_post_hooks
+
+
+@pytest.mark.gpu
+def test_optimizer_state_lives_on_the_host_between_steps() -> None:
+    from gpu_optimizer.swapper import OptimizerStateOffloader
+
+    model = mlp().cuda()
+    opt = torch.optim.Adam(model.parameters())
+    with OptimizerStateOffloader(opt) as offloader:
+        for _ in range(2):
+            model(torch.randn(4, 256, device="cuda")).sum().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            for state in opt.state.values():
+                assert state["exp_avg"].device.type == "cpu"
+                assert state["exp_avg"].is_pinned()
+        param_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        assert offloader.bytes_to_host == 2 * 2 * param_bytes  # two buffers, two steps
+    assert all(s["exp_avg"].is_cuda for s in opt.state.values())

@@ -227,3 +227,54 @@ class TensorSwapper:
             h.remove()
         self._hooks.clear()
         self._depth = 0
+
+
+class OptimizerStateOffloader:
+    """Keeps an optimizer's state in (pinned) CPU memory between steps.
+
+    Adam's two buffers are twice the parameters; outside ``optimizer.step()``
+    they only take device memory. A step pre-hook copies them to their
+    parameter's device and a post-hook copies them back, so forward and
+    backward run with that memory free, at the cost of two transfers of the
+    state per step. A context manager; on exit the state returns to the device.
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, *, pin_memory: bool = True) -> None:
+        self.optimizer = optimizer
+        self.pin_memory = pin_memory
+        self.bytes_to_host = 0
+        self.bytes_to_device = 0
+        self._hooks: list[Any] = []
+
+    def _move(self, to_host: bool) -> None:
+        for param, state in self.optimizer.state.items():
+            target = torch.device("cpu") if to_host else param.device
+            for key, value in list(state.items()):
+                if not isinstance(value, torch.Tensor) or value.device == target:
+                    continue
+                if value.dim() == 0 and key == "step":
+                    continue  # Adam keeps `step` on the CPU unless capturable
+                nbytes = value.numel() * value.element_size()
+                if to_host:
+                    pinned = self.pin_memory and value.device.type == "cuda"
+                    host = torch.empty_like(value, device="cpu", pin_memory=pinned)
+                    host.copy_(value, non_blocking=pinned)
+                    state[key] = host
+                    self.bytes_to_host += nbytes
+                else:
+                    state[key] = value.to(target, non_blocking=True)
+                    self.bytes_to_device += nbytes
+        if to_host and torch.cuda.is_available():
+            torch.cuda.current_stream().synchronize()  # host copies complete before reuse
+
+    def __enter__(self) -> OptimizerStateOffloader:
+        self._hooks.append(self.optimizer.register_step_pre_hook(lambda *_: self._move(False)))
+        self._hooks.append(self.optimizer.register_step_post_hook(lambda *_: self._move(True)))
+        self._move(True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._move(False)
