@@ -12,7 +12,11 @@ serves one stream, with timestamps that increase strictly.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -106,6 +110,33 @@ def to_rgb(frame: np.ndarray) -> np.ndarray:
     raise ValueError(f"expected a BGR image of shape (H, W, 3), got {frame.shape}")
 
 
+class _Captured:
+    text = ""
+
+
+@contextlib.contextmanager
+def native_stderr_captured() -> Iterator[_Captured]:
+    """Keep MediaPipe's native start-up chatter (~50 glog/TFLite lines per detector,
+    which GLOG_minloglevel does not silence) out of the terminal; the text is kept
+    for the error message if loading fails. Python's own stderr is untouched."""
+    captured = _Captured()
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable fd 2 (embedded interpreters)
+        yield captured
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield captured
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            captured.text = sink.read().decode(errors="replace")
+
+
 class MediaPipeDetector:
     """Several people per frame from MediaPipe's BlazePose landmarker."""
 
@@ -146,12 +177,15 @@ class MediaPipeDetector:
             output_segmentation_masks=False,
         )
         try:
-            self._landmarker = vision.PoseLandmarker.create_from_options(options)
+            with native_stderr_captured() as native_log:
+                self._landmarker = vision.PoseLandmarker.create_from_options(options)
         except RuntimeError as exc:
+            detail = native_log.text.strip().splitlines()[-3:]
             raise RuntimeError(
                 f"cannot load the MediaPipe pose model {self.model_path}: {exc}. The file is "
                 "not a pose landmarker .task bundle or is damaged; run `make download-models` "
                 "to provision it again."
+                + (f" (MediaPipe said: {' | '.join(detail)})" if detail else "")
             ) from exc
         self._last_ms = -1
 
@@ -190,7 +224,8 @@ class MediaPipeDetector:
 
     def close(self) -> None:
         if self._landmarker is not None:
-            self._landmarker.close()
+            with native_stderr_captured():
+                self._landmarker.close()
             self._landmarker = None
 
     def __enter__(self) -> MediaPipeDetector:
