@@ -75,9 +75,13 @@ def _emit(args: argparse.Namespace, data: dict[str, Any], text: Callable[[], str
     print(json.dumps(data, indent=2) if args.json else text())
 
 
-def _breakdown_text(report: MemoryReport) -> list[str]:
+def _breakdown_text(report: MemoryReport, top: int = 5) -> list[str]:
     lines = [f"peak {fmt_bytes(report.peak_bytes)} in {report.peak_phase}"]
     lines += [f"  {cat:<16} {fmt_bytes(report.breakdown[cat]):>12}" for cat in CATEGORIES]
+    heavy = sorted(report.per_module.items(), key=lambda kv: sum(kv[1].values()), reverse=True)
+    if heavy:
+        lines.append(f"largest modules at the peak (--json has all {len(heavy)}):")
+        lines += [f"  {name:<32} {fmt_bytes(sum(v.values())):>12}" for name, v in heavy[:top]]
     return lines
 
 
