@@ -164,3 +164,18 @@ def test_estimate_matches_cuda_max_memory_allocated(model: str, shape: str, batc
     assert predicted.to_dict()["predicted_cuda"]["max_memory_allocated_bytes"] == pytest.approx(
         allocated, rel=0.10
     )
+
+
+def test_saved_tensor_notices_stay_on_their_thread() -> None:
+    import threading
+
+    from gpu_optimizer.tracker import notify_saved
+
+    with MemoryTracker(device="cpu") as tracker:
+        mine = torch.empty(100)
+        other = threading.Thread(target=lambda: notify_saved(torch.empty(1000)))
+        other.start()
+        other.join()
+        notify_saved(mine)
+    report = tracker.report()
+    assert int(report.category_timeline["activations"].max()) == 400

@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import threading
 import weakref
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -48,7 +49,15 @@ _PRIORITY = {c: i for i, c in enumerate(CATEGORIES)}
 # The CUDA caching allocator hands out blocks in multiples of 512 bytes.
 CUDA_BLOCK_BYTES = 512
 
-_ACTIVE: list[MemoryTracker] = []
+# Trackers entered on this thread (saved-tensor hooks run on the forward's thread), so
+# concurrent steps in other threads never report into each other's trackers.
+_LOCAL = threading.local()
+
+
+def _active() -> list[MemoryTracker]:
+    if not hasattr(_LOCAL, "trackers"):
+        _LOCAL.trackers = []
+    return _LOCAL.trackers  # type: ignore[no-any-return]
 
 
 class MemoryBudgetExceeded(RuntimeError):
@@ -74,7 +83,7 @@ def notify_saved(tensor: torch.Tensor) -> None:
     hide the tracker's; they call this so kept tensors still count as
     activations.
     """
-    for tracker in _ACTIVE:
+    for tracker in _active():
         tracker.mark_saved(tensor)
 
 
@@ -327,11 +336,11 @@ class MemoryTracker:
             )
         self._stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self._pack, _identity))
         self._stack.enter_context(_Mode(self))
-        _ACTIVE.append(self)
+        _active().append(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _ACTIVE.remove(self)
+        _active().remove(self)
         self._stack.close()
         self._scan_grads()
         self._scan_optimizer()
