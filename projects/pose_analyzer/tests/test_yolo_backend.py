@@ -229,3 +229,16 @@ def test_real_architecture_batched_on_cuda() -> None:
     out = detector.detect(_frames(4), [0.0, 0.1, 0.2, 0.3])
     assert out == [[], [], [], []]
     detector.close()
+
+
+def test_factory_builds_the_architecture_from_a_model_yaml() -> None:
+    """`--backend yolo --model yolo11n-pose.yaml`: the real network, random weights, no fetch."""
+    from pose_analyzer.detectors import create_detector
+
+    detector = create_detector("yolo", "yolo11n-pose.yaml", device="cpu")
+    try:
+        assert detector.weights is None  # type: ignore[attr-defined]
+        frames = [np.zeros((96, 128, 3), dtype=np.uint8)] * 2
+        assert detector.detect(frames, [0.0, 0.1]) == [[], []]
+    finally:
+        detector.close()

@@ -160,13 +160,10 @@ class StreamManager:
 
 
 def _load_yolo(model: str | None, models_dir: Path, max_streams: int) -> tuple[Any, int]:
-    """The YOLO detector and its batch size: the planner's for this GPU, else the CPU's.
-
-    A `.yaml` model builds the real architecture with random weights (benchmarks,
-    machines without the trained weights): the full compute path, no detections.
-    """
+    """The YOLO detector and its batch size: the planner's for this GPU, else the CPU's."""
     from gpu_optimizer.planning import pose_inference_batch_size
-    from pose_analyzer.detectors.yolo_backend import YoloDetector, resolve_device
+    from pose_analyzer.detectors import create_detector
+    from pose_analyzer.detectors.yolo_backend import resolve_device
 
     device = resolve_device("auto")
     if device.startswith("cuda"):
@@ -179,10 +176,7 @@ def _load_yolo(model: str | None, models_dir: Path, max_streams: int) -> tuple[A
         # one batch per round of streams simply keeps one model busy instead of N
         # model copies fighting over the cores.
         batch = max_streams
-    if model is not None and model.endswith((".yaml", ".yml")):
-        detector = YoloDetector.from_architecture(model, device=device)
-    else:
-        detector = YoloDetector(model, device=device, models_dir=models_dir)
+    detector = create_detector("yolo", model, device=device, models_dir=models_dir)
     return detector, max(1, batch)
 
 
