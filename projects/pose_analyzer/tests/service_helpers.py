@@ -73,6 +73,7 @@ class Server:
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
+        self.kill()  # never leave a half-started server behind
         raise RuntimeError(f"server did not come up: {self.log.read_text()[-3000:]}")
 
     def client(self) -> httpx.Client:
