@@ -214,3 +214,31 @@ def test_selective_policy_keeps_gradients_and_sits_between_plain_and_full() -> N
     assert peaks["full"] < peaks["save-matmuls"] < plain
     with pytest.raises(ValueError, match="policy"):
         CheckpointManager(model, policy="sometimes")
+
+
+@pytest.mark.slow
+def test_ultralytics_pose_model_checkpoints_in_place() -> None:
+    """Ultralytics routes layers by attributes (m.f, m.i): wrapping forward in place keeps it."""
+    from ultralytics.nn.tasks import PoseModel
+
+    from gpu_optimizer.models import default_loss
+
+    torch.manual_seed(0)
+    model = PoseModel("yolo11n-pose.yaml", verbose=False)
+    blocks = discover_blocks(model)
+    assert blocks[0] == "model.0" and "model.23" in blocks  # the pose head is a block too
+    x = torch.randn(2, 3, 64, 64)
+    model.train()
+
+    def grads() -> dict[str, torch.Tensor]:
+        model.zero_grad(set_to_none=True)
+        default_loss(model(x), x).backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    reference = grads()
+    with CheckpointManager(model) as manager:
+        manager.apply(blocks)
+        checkpointed = grads()
+    assert checkpointed.keys() == reference.keys()
+    for name, grad in reference.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0)
