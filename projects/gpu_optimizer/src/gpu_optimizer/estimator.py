@@ -13,6 +13,12 @@ largest batch under a budget is a closed form (:class:`BatchMemoryModel`).
 When the two runs do not line up (a model whose op sequence depends on the
 batch) the two peaks are fitted with a line instead.
 
+Limits of the model, stated: fake tensors live on the CPU device (the
+autograd engine will not run backward on fake CUDA tensors without a GPU), so
+bf16/fp16 use CPU autocast, whose cast lists are close to CUDA's but not
+identical; the optimizer runs with ``foreach=True`` as PyTorch does on CUDA;
+Adam's 4-byte ``step`` scalars are counted although CUDA keeps them on the host.
+
 CUDA overhead model (:class:`CudaOverheadModel`), added on top of the
 tracked bytes, which the allocator's ``max_memory_allocated`` would report:
 
