@@ -291,6 +291,23 @@ def test_measure_job_result_equals_the_profiler_on_the_cpu(server: Server, workd
     assert job["result"]["breakdown"] == expected["breakdown"]
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    ("model", "shape", "batch"),
+    [("resnet50", [3, 224, 224], 16), ("yolo11n-pose.yaml", [3, 640, 640], 4)],
+)
+def test_measure_job_on_the_gpu(server: Server, model: str, shape: list[int], batch: int) -> None:
+    body = {"model": model, "input_shape": shape, "batch_size": batch, "mode": "measure"}
+    job_id = server.post("/profiles", {**body, "device": "cuda"}).json()["id"]
+    job = server.wait_job(job_id, timeout=300)
+    assert job["state"] == "succeeded", job
+    result = job["result"]
+    assert result["device"].startswith("cuda")
+    assert result["allocator"]["max_memory_allocated_bytes"] > 0
+    assert result["peak_bytes"] > 0
+    assert sum(result["breakdown"].values()) > 0
+
+
 def test_cancel_kills_the_worker(server: Server, workdir: Path) -> None:
     before = set(sleeper_pids(workdir))
     job_id = server.post(
