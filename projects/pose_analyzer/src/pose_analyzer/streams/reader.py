@@ -77,6 +77,7 @@ class FrameReader:
         self._on_state = on_state
         self._on_drop = on_drop
         self._on_read = on_read
+        self._wanted = True  # the pipeline waits for a frame
         self.state = StreamState.CONNECTING
         self.reason: str | None = None
         self.frames_read = 0
@@ -110,6 +111,9 @@ class FrameReader:
         """The oldest buffered frame, waiting up to `timeout`; None if none came."""
         with self._cond:
             if not self._buffer:
+                # Ask the reader for the next frame it decodes (drop-oldest sources only
+                # convert frames somebody asked for).
+                self._wanted = True
                 self._cond.wait(timeout)
             if not self._buffer:
                 return None
@@ -136,6 +140,7 @@ class FrameReader:
         if self._on_read:
             self._on_read()
         with self._cond:
+            self._wanted = False
             if self.policy is DropPolicy.WAIT:
                 while len(self._buffer) >= self._capacity and not self._stop.is_set():
                     self._cond.wait(0.1)
@@ -190,24 +195,52 @@ class FrameReader:
             backoff = min(backoff * 2, self.reconnect_max_s)
 
     def _pump(self, video: VideoSource, start: float) -> bool:
+        if self.policy is DropPolicy.WAIT:
+            return self._pump_all(video)
         got = False
         wall_start = time.monotonic()
         first_t: float | None = None
-        for _, t, image in video:
+        fps = video.fps or 30.0
+        for index, convert in video.lazy_frames():
             if self._stop.is_set():
                 break
             got = True
             now = time.monotonic()
             if self.source.live:
                 t = now - start
-            elif self.realtime:
-                # Play the file at its native rate: frame k is due at its container time.
+            else:
+                # A file played live: frame k is due at its container time.
+                t = index / fps
                 first_t = t if first_t is None else first_t
                 due = wall_start + (t - first_t)
                 if due > now:
                     self._stop.wait(due - now)
                     now = time.monotonic()
-            self._push(Frame(self.frames_read, t, now, image))
+            with self._cond:
+                wanted = self._wanted
+            if wanted:
+                image = convert()
+                if image is None:
+                    break
+                self._push(Frame(self.frames_read, t, now, image))
+            else:
+                # Nobody is ready for it: it is dropped before its colour conversion.
+                if self._on_read:
+                    self._on_read()
+                self.frames_dropped += 1
+                if self._on_drop:
+                    self._on_drop(1)
+            self.frames_read += 1
+        return got
+
+    def _pump_all(self, video: VideoSource) -> bool:
+        """Every frame, as fast as the pipeline takes them (files, DropPolicy.WAIT)."""
+        got = False
+        for _, t, image in video:
+            if self._stop.is_set():
+                break
+            got = True
+            self._push(Frame(self.frames_read, t, time.monotonic(), image))
             self.frames_read += 1
         return got
 
