@@ -50,6 +50,8 @@ def server(data_dir: Path):
         POSE_WS_OVERFLOW_DISCONNECT_S="1.0",
         POSE_RECONNECT_INITIAL_S="0.3",
         POSE_RECONNECT_MAX_S="1.0",
+        # The planner answers 1 on a CPU; the batching across streams is tested at 4.
+        POSE_YOLO_BATCH="4",
     ) as srv:
         yield srv
 

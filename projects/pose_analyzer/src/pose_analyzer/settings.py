@@ -32,6 +32,8 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     default_backend: str = "mediapipe"
     default_model: str = "full"
+    # Frames per YOLO inference across streams; unset = the planner's for the detected GPU.
+    yolo_batch: int | None = None
     # Frames a reader keeps for a live source before dropping the oldest.
     reader_buffer: int = 1
     reconnect_initial_s: float = 0.5

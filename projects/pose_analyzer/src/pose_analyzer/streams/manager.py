@@ -117,7 +117,11 @@ class StreamManager:
         key = model or "default"
         if key not in self._batchers:
             detector, batch = await asyncio.to_thread(
-                _load_yolo, model, Path(self.settings.models_dir), self.settings.max_streams
+                _load_yolo,
+                model,
+                Path(self.settings.models_dir),
+                self.settings.max_streams,
+                self.settings.yolo_batch,
             )
             self._batchers[key] = BatchingDetector(
                 detector,
@@ -159,23 +163,27 @@ class StreamManager:
         self._batchers.clear()
 
 
-def _load_yolo(model: str | None, models_dir: Path, max_streams: int) -> tuple[Any, int]:
+def _load_yolo(
+    model: str | None, models_dir: Path, max_streams: int, batch_override: int | None
+) -> tuple[Any, int]:
     """The YOLO detector and its batch size: the planner's for this GPU, else the CPU's."""
     from gpu_optimizer.planning import pose_inference_batch_size
     from pose_analyzer.detectors import create_detector
     from pose_analyzer.detectors.yolo_backend import resolve_device
 
     device = resolve_device("auto")
-    if device.startswith("cuda"):
+    if batch_override:
+        batch = batch_override
+    elif device.startswith("cuda"):
         import torch
 
         vram = int(torch.cuda.get_device_properties(0).total_memory)
-        batch = min(max_streams, pose_inference_batch_size(vram))
+        batch = pose_inference_batch_size(vram)
     else:
-        # On a CPU an inference costs about the same per frame at any batch size, so
-        # one batch per round of streams simply keeps one model busy instead of N
-        # model copies fighting over the cores.
-        batch = max_streams
+        # The planner's CPU answer (1): measured in bench/bench_pose_pipeline.py, one
+        # frame per inference is faster on a CPU than batches of four.
+        batch = pose_inference_batch_size(None)
+    batch = min(max_streams, batch)
     detector = create_detector("yolo", model, device=device, models_dir=models_dir)
     return detector, max(1, batch)
 
