@@ -17,30 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, http_ok, port_open, wait_for
+from .conftest import free_port, http_ok, pid_alive, port_open, run_make, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
-
-
-def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", target],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def pids_using(storage: Path) -> list[int]:
@@ -84,12 +64,12 @@ def test_monitoring_up_starts_one_prometheus_and_down_stops_exactly_it(
     port = int(monitoring_env["AIML_PROMETHEUS_PORT"])
     url = f"http://127.0.0.1:{port}"
     pid_file = logs / "prometheus.pid"
-    first = make("monitoring-up", monitoring_env)
+    first = run_make("monitoring-up", monitoring_env)
     pid = None
     try:
         assert first.returncode == 0, first.stdout + first.stderr
         pid = int(pid_file.read_text())
-        assert alive(pid)
+        assert pid_alive(pid)
         assert url in first.stdout
         assert "Grafana needs docker" in first.stdout
         assert http_ok(f"{url}/-/ready")
@@ -99,19 +79,19 @@ def test_monitoring_up_starts_one_prometheus_and_down_stops_exactly_it(
         assert "job_name: pose_analyzer" in config and "job_name: gpu_optimizer" in config
         assert (logs / "prometheus-data").is_dir() and (logs / "prometheus.log").is_file()
 
-        second = make("monitoring-up", monitoring_env)
+        second = run_make("monitoring-up", monitoring_env)
         assert second.returncode == 0, second.stdout + second.stderr
         assert f"already running (pid {pid})" in second.stdout
         assert int(pid_file.read_text()) == pid
         assert pids_using(logs / "prometheus-data") == [pid]  # nothing new was started
     finally:
-        stopped = make("monitoring-down", monitoring_env)
+        stopped = run_make("monitoring-down", monitoring_env)
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     assert pid is not None and f"stopped (pid {pid})" in stopped.stdout
-    assert wait_for(lambda: not alive(pid), 10)
+    assert wait_for(lambda: not pid_alive(pid), 10)
     assert not pid_file.exists()
     assert not port_open(port)
-    again = make("monitoring-down", monitoring_env)
+    again = run_make("monitoring-down", monitoring_env)
     assert again.returncode == 0 and "not running" in again.stdout
 
 

@@ -10,30 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import free_port, http_ok, port_open, wait_for
+from .conftest import free_port, http_ok, pid_alive, port_open, run_make, wait_for
 
-REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.integration
-
-
-def make(target: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        ["make", "--no-print-directory", target],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    stat = Path(f"/proc/{pid}/stat")
-    return not stat.exists() or stat.read_text().rsplit(")", 1)[1].split()[0] != "Z"
 
 
 @pytest.fixture
@@ -52,7 +31,7 @@ def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
 ) -> None:
     logs = Path(service_env["AIML_LOG_DIR"])
     pose_port, vram_port = int(service_env["POSE_PORT"]), int(service_env["GPU_OPT_PORT"])
-    first = make("run-all", service_env)
+    first = run_make("run-all", service_env)
     pids: dict[str, int] = {}
     try:
         assert first.returncode == 0, first.stdout + first.stderr
@@ -67,19 +46,19 @@ def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
             assert "process_resident_memory_bytes" in text
             assert ("pose_build_info" if service == "pose_analyzer" else "gpu_build_info") in text
 
-        second = make("run-all", service_env)
+        second = run_make("run-all", service_env)
         assert second.returncode == 0, second.stderr
         assert second.stdout.count("already running") == 2
         again = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose", "vram")}
         assert again == pids  # nothing new was started
 
-        status = make("status", service_env)
+        status = run_make("status", service_env)
         assert status.stdout.count("healthy") == 2
     finally:
-        stopped = make("stop-all", service_env)
+        stopped = run_make("stop-all", service_env)
     assert stopped.returncode == 0, stopped.stderr
     for svc, pid in pids.items():
-        assert wait_for(lambda pid=pid: not alive(pid), 20), f"{svc} (pid {pid}) still runs"
+        assert wait_for(lambda pid=pid: not pid_alive(pid), 20), f"{svc} (pid {pid}) still runs"
         assert not (logs / f"{svc}.pid").exists()
     assert not port_open(pose_port) and not port_open(vram_port)
     assert (logs / "pose.log").exists() and (logs / "vram.log").exists()
@@ -94,7 +73,7 @@ def test_stop_all_without_services_and_with_a_stale_pid_file(
     other = subprocess.Popen(["sleep", "60"])
     try:
         (logs / "pose.pid").write_text(f"{other.pid}\n")
-        result = make("stop-all", service_env)
+        result = run_make("stop-all", service_env)
         assert result.returncode == 0
         assert "stale PID file removed" in result.stdout
         assert "vram: not running" in result.stdout
@@ -111,10 +90,10 @@ def test_run_all_reports_a_port_taken_by_another_program(service_env: dict[str, 
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", int(service_env["POSE_PORT"])))
         blocker.listen()
-        result = make("run-all", service_env)
+        result = run_make("run-all", service_env)
     try:
         assert result.returncode != 0
         assert f"port {service_env['POSE_PORT']} is already in use" in result.stderr
     finally:
-        make("stop-all", service_env)
+        run_make("stop-all", service_env)
     assert http_ok(f"http://127.0.0.1:{service_env['GPU_OPT_PORT']}/health") is False
