@@ -104,11 +104,16 @@ class VideoSource:
     def duration_s(self) -> float | None:
         return None if self.frame_count is None else self.frame_count / self.fps
 
-    def _raw_frames(self) -> Iterator[Frame]:
+    def _take_first(self) -> Frame | None:
+        """Start the one pass over the source: the frame read at open time, if any."""
         if self._started:
             raise VideoError(f"{self.name} was already iterated; open it again to re-read it")
         self._started = True
         first, self._first = self._first, None
+        return first
+
+    def _raw_frames(self) -> Iterator[Frame]:
+        first = self._take_first()
         if first is not None:
             yield first
         while self._cap is not None:
@@ -124,10 +129,7 @@ class VideoSource:
         a BGR image only when `convert()` is called before the next step. A live reader
         that drops most frames skips their colour conversion (about 2 ms a 1080p frame).
         """
-        if self._started:
-            raise VideoError(f"{self.name} was already iterated; open it again to re-read it")
-        self._started = True
-        first, self._first = self._first, None
+        first = self._take_first()
         index = 0
         if first is not None:
             yield index, lambda: first
