@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     recommend_workloads: list[str] | None = None
     recommend_at_startup: bool = True
 
+    # Required on every route when set (header X-API-Key, Authorization: Bearer, or
+    # HTTP Basic with any user name); /health stays open, /metrics too unless
+    # metrics_require_key.
+    api_key: str | None = Field(default=None, repr=False)
+    metrics_require_key: bool = False
+    # JSON bodies larger than this are refused with 413 before any route reads them.
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+
     def sqlalchemy_url(self) -> str:
         """The database URL in effect, with PostgreSQL URLs pointed at the psycopg 3 driver."""
         url = self.database_url or f"sqlite:///{self.data_dir / 'gpu_optimizer.db'}"

@@ -14,9 +14,16 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
-from sqlalchemy.exc import OperationalError
 
 from gpu_optimizer import __version__
+from gpu_optimizer.api.http import (
+    ApiKeyMiddleware,
+    BodyGuardMiddleware,
+    ErrorOut,
+    declare_errors,
+    install_error_handlers,
+    scrub_access_logs,
+)
 from gpu_optimizer.api.routes import machines, plans, profiles
 from gpu_optimizer.jobs.runner import JobRunner
 from gpu_optimizer.jobs.specs import validate_model, worker_spec
@@ -112,27 +119,44 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         database.dispose()
 
 
+class HealthOut(BaseModel):
+    status: str
+    service: str
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="gpu_optimizer", version=__version__, lifespan=_lifespan)
     if settings is not None:
         app.dependency_overrides[get_settings] = lambda: settings
-    app.state.settings = settings or get_settings()
+    settings = settings or get_settings()
+    app.state.settings = settings
     registry = create_registry()
     app.state.registry = registry
     app.state.job_metrics = JobMetrics(registry)
+    install_error_handlers(app, storage_message="the job database is unavailable")
+    open_paths = {"/health"} | (set() if settings.metrics_require_key else {"/metrics"})
+    app.add_middleware(BodyGuardMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        ApiKeyMiddleware, key=settings.api_key, open_paths=open_paths, realm="gpu_optimizer"
+    )
+    scrub_access_logs()
     app.include_router(machines.router)
-
-    @app.exception_handler(OperationalError)
-    async def database_unavailable(_request: Request, exc: OperationalError) -> JSONResponse:
-        log.error("database error: %s", exc)
-        return JSONResponse({"detail": "the job database is unavailable; retry later"}, 503)
-
     app.include_router(profiles.router)
     app.include_router(plans.router)
 
-    @app.get("/health")
-    def health() -> dict[str, Any]:
-        return {"status": "ok", "service": "gpu_optimizer", "version": __version__}
+    @app.get(
+        "/health",
+        response_model=HealthOut,
+        responses={503: {"model": ErrorOut, "description": "the database is unavailable"}},
+    )
+    async def health(request: Request) -> Any:
+        """Liveness for process managers: 200, or 503 when the job database cannot be used."""
+        database: Database | None = getattr(request.app.state, "database", None)
+        problem = await asyncio.to_thread(database.problem) if database else "starting"
+        if problem is not None:
+            log.error("health: database unavailable: %s", problem)
+            return JSONResponse({"detail": "the job database is unavailable"}, status_code=503)
+        return {"status": "ok", "service": "gpu_optimizer"}
 
     @app.get("/gpus", response_model=list[GpuOut])
     def gpus(reader: GpuReaderDep) -> list[GpuOut]:
@@ -143,4 +167,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    declare_errors(app, api_key=settings.api_key is not None)
     return app

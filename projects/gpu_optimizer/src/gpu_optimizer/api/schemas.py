@@ -7,7 +7,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator
 
+from gpu_optimizer.api.http import ErrorOut
 from gpu_optimizer.storage import JobState, ProfilingJob
+
+__all__ = ["ErrorOut"]
 
 MAX_DIMS = 6
 MAX_DIM = 1 << 16
@@ -58,7 +61,8 @@ def _check_shape(value: list[int] | str) -> list[int]:
 
 
 class ProfileRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no "32" or true for an integer; no NaN or Infinity for a number.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: ModelSpec
     input_shape: InputShape
@@ -75,7 +79,8 @@ class ProfileRequest(BaseModel):
 
 
 class PlanRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: no "32" or true for an integer; no NaN or Infinity for a number.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
     model: ModelSpec
     input_shape: InputShape
@@ -164,6 +169,3 @@ class PlanOut(BaseModel):
     mode: str
     machines: list[MachinePlanOut]
 
-
-class ErrorOut(BaseModel):
-    detail: str

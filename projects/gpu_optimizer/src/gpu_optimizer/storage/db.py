@@ -8,9 +8,16 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
+
+from gpu_optimizer.storage.guard import (
+    SqliteFileGuard,
+    StorageUnavailable,
+    sqlite_path,
+    sqlite_pragmas,
+)
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
 # Its own version table, so the pose service's migrations can share a PostgreSQL database.
@@ -18,21 +25,14 @@ VERSION_TABLE = "gpu_optimizer_alembic_version"
 
 
 def make_engine(url: str) -> Engine:
-    """An engine for ``url``; a SQLite file gets its directory created and WAL journaling."""
+    """An engine for ``url``; a SQLite file gets its directory and the pragmas of storage.guard."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         return create_engine(url, pool_pre_ping=True)
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record) -> None:  # type: ignore[no-untyped-def]
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA busy_timeout=30000")
-        cursor.close()
-
+    sqlite_pragmas(engine)
     return engine
 
 
@@ -58,7 +58,23 @@ class Database:
         self.engine = make_engine(url)
         if migrate:
             upgrade_database(self.engine)
+        path = sqlite_path(url)
+        self.guard = SqliteFileGuard(path) if path is not None else None
+        if self.guard is not None and path is not None and path.exists():
+            self.guard.adopt()
+            self.guard.install(self.engine)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def problem(self) -> str | None:
+        """Why the database cannot be used now, or None when it answers."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except StorageUnavailable as exc:
+            return str(exc)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
