@@ -1,13 +1,20 @@
-"""Offline analysis of uploaded videos as background jobs with progress.
+"""Offline analysis of uploaded videos as persisted, cancellable background jobs.
 
-A job runs on a worker thread: decode -> detect -> track -> analyze, then
-writes report.json and angles.csv into data/jobs/<id>/ and stores the session
-and its reps in the database like a live stream's.
+A job is a row in the database from the moment it is accepted (the same job
+model as gpu_optimizer's profiling jobs: queued -> running -> succeeded |
+failed | cancelled, UTC timestamps), so it survives a restart: jobs a dead
+process left queued or running are analysed again from their stored upload.
+The analysis itself, from opening the video to a Report, is ``_analyze``; the
+rest is bookkeeping: progress (in memory while running, written to the row
+about once a second), report.json and angles.csv in data/jobs/<id>/, the
+session and its reps in the database like a live stream's, and deleting the
+upload when the job ends (after ``upload_retention_s``).
 """
 
 from __future__ import annotations
 
-import enum
+import datetime as dt
+import json
 import logging
 import threading
 import time
@@ -21,22 +28,26 @@ from pose_analyzer.analysis import analyze_frames
 from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.keypoints import FramePoses
 from pose_analyzer.metrics import PoseMetrics
-from pose_analyzer.storage import Database
+from pose_analyzer.report import Report
+from pose_analyzer.storage import Database, JobRow
+from pose_analyzer.storage.models import utcnow
 from pose_analyzer.tracking import Tracker
 from pose_analyzer.video import VideoError, open_video
 
 log = logging.getLogger(__name__)
 
+JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+PROGRESS_WRITE_S = 1.0
 
-class JobState(str, enum.Enum):
-    QUEUED = "queued"
-    RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
+
+class JobCancelled(Exception):
+    pass
 
 
 @dataclass
-class Job:
+class _Active:
+    """What only the running process knows about a job: its live progress and cancel flag."""
+
     id: str
     input: Path
     filename: str
@@ -44,85 +55,182 @@ class Job:
     backend: str
     model: str | None
     out_dir: Path
-    state: JobState = JobState.QUEUED
-    progress: float = 0.0
     frames_done: int = 0
     frames_total: int | None = None
-    error: str | None = None
-    created_at: float = field(default_factory=time.time)
-    finished_at: float | None = None
-    report: dict[str, Any] | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "filename": self.filename,
-            "exercise": self.exercise.name,
-            "backend": self.backend,
-            "model": self.model,
-            "state": self.state.value,
-            "progress": round(self.progress, 4),
-            "frames_done": self.frames_done,
-            "frames_total": self.frames_total,
-            "error": self.error,
-            "created_at": self.created_at,
-            "finished_at": self.finished_at,
-            "session_id": self.id,
-            "report": self.report,
-        }
+    progress: float = 0.0
+    cancel: threading.Event = field(default_factory=threading.Event)
+    last_write: float = 0.0
 
 
 class JobRunner:
     def __init__(
-        self, db: Database, metrics: PoseMetrics, jobs_dir: Path, models_dir: Path, workers: int = 1
+        self,
+        db: Database,
+        metrics: PoseMetrics,
+        jobs_dir: Path,
+        models_dir: Path,
+        workers: int = 1,
+        upload_retention_s: float = 0.0,
+        exercises: Any = None,
     ) -> None:
         self.db = db
         self.metrics = metrics
         self.jobs_dir = jobs_dir
         self.models_dir = models_dir
-        self.jobs: dict[str, Job] = {}
+        self.upload_retention_s = upload_retention_s
+        self._exercises = exercises  # an ExerciseCatalog, for jobs recovered at start
+        self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analysis-job")
 
+    # -- API ----------------------------------------------------------------------------
+
     def submit(
         self, input: Path, filename: str, exercise: Exercise, backend: str, model: str | None
-    ) -> Job:
+    ) -> dict[str, Any]:
         job_id = uuid.uuid4().hex[:12]
-        job = Job(
-            id=job_id,
-            input=input,
-            filename=filename,
-            exercise=exercise,
-            backend=backend,
-            model=model,
-            out_dir=self.jobs_dir / job_id,
+        self.db.add_job(
+            JobRow(
+                id=job_id,
+                state="queued",
+                filename=filename,
+                exercise=exercise.name,
+                backend=backend,
+                model=model,
+                input_path=str(input),
+                progress=0.0,
+                frames_done=0,
+                created_at=utcnow(),
+            )
         )
+        self.metrics.jobs.labels("queued").inc()
+        self._queue(_Active(job_id, input, filename, exercise, backend, model, self._out(job_id)))
+        return self.describe_id(job_id) or {}
+
+    def recover(self) -> tuple[int, int]:
+        """Queue again the jobs a previous process left active; fail those it cannot redo."""
+        requeued = failed = 0
+        for row in self.db.active_jobs():
+            upload = Path(row.input_path) if row.input_path else None
+            exercise = None
+            if self._exercises is not None:
+                try:
+                    exercise = self._exercises.get(row.exercise)
+                except Exception as exc:
+                    log.warning("job %s: exercise %s unavailable: %s", row.id, row.exercise, exc)
+            if upload is None or not upload.is_file() or exercise is None:
+                self.db.finish_job(row.id, "failed", error="interrupted by a service restart")
+                failed += 1
+                continue
+            self.db.update_job(row.id, state="queued", progress=0.0, frames_done=0)
+            self._queue(
+                _Active(
+                    row.id,
+                    upload,
+                    row.filename,
+                    exercise,
+                    row.backend,
+                    row.model,
+                    self._out(row.id),
+                )
+            )
+            requeued += 1
+        self.sweep_uploads()
+        return requeued, failed
+
+    def cancel(self, job_id: str) -> bool:
+        """Cancel a queued or running job; False when it had already ended."""
         with self._lock:
-            self.jobs[job_id] = job
-        self._pool.submit(self._run, job)
-        return job
+            active = self._active.get(job_id)
+        if active is not None:
+            active.cancel.set()
+        ended = self.db.finish_job(job_id, "cancelled", error="cancelled by request")
+        if ended:
+            self.metrics.jobs.labels("cancelled").inc()
+            if active is None:
+                self._drop_upload(job_id)
+        return ended
 
-    def get(self, job_id: str) -> Job | None:
-        return self.jobs.get(job_id)
+    def describe_id(self, job_id: str, with_report: bool = True) -> dict[str, Any] | None:
+        row = self.db.get_job(job_id)
+        return None if row is None else self.describe(row, with_report)
 
-    def list(self) -> list[dict[str, Any]]:
-        return [j.describe() | {"report": None} for j in self.jobs.values()]
+    def list(self, limit: int = 100, state: str | None = None) -> list[dict[str, Any]]:
+        return [self.describe(r, with_report=False) for r in self.db.list_jobs(limit, state)]
+
+    def describe(self, row: JobRow, with_report: bool = True) -> dict[str, Any]:
+        with self._lock:
+            active = self._active.get(row.id)
+        running = active is not None and row.state == "running"
+        report = None
+        if with_report and row.state == "succeeded":
+            path = self._out(row.id) / "report.json"
+            try:
+                report = json.loads(path.read_text())
+            except (OSError, ValueError):
+                report = None
+        return {
+            "id": row.id,
+            "url": f"/jobs/{row.id}",
+            "state": row.state,
+            "filename": row.filename,
+            "exercise": row.exercise,
+            "backend": row.backend,
+            "model": row.model,
+            "progress": round(active.progress if running and active else row.progress, 4),
+            "frames_done": active.frames_done if running and active else row.frames_done,
+            "frames_total": active.frames_total if running and active else row.frames_total,
+            "error": row.error,
+            "created_at": _utc(row.created_at),
+            "started_at": _utc(row.started_at),
+            "finished_at": _utc(row.finished_at),
+            "session_id": row.id,
+            "report": report,
+        }
 
     def shutdown(self) -> None:
+        with self._lock:
+            for active in self._active.values():
+                active.cancel.set()
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def _run(self, job: Job) -> None:
-        from pose_analyzer.detectors import create_detector
-
-        job.state = JobState.RUNNING
-        detector = None
+    def sweep_uploads(self) -> None:
+        """Delete the uploads of ended jobs older than the retention."""
+        before = utcnow() - dt.timedelta(seconds=self.upload_retention_s)
         try:
-            video = open_video(job.input)
-            job.frames_total = video.frame_count
-            kw: dict[str, Any] = {"mode": "video", "models_dir": self.models_dir}
-            detector = create_detector(
-                job.backend, job.model, **(kw if job.backend == "mediapipe" else {})
-            )
+            rows = self.db.expired_uploads(before)
+        except Exception as exc:
+            log.warning("upload sweep skipped: %s", exc)
+            return
+        for row in rows:
+            self._drop_upload(row.id, row.input_path)
+
+    # -- machinery ----------------------------------------------------------------------
+
+    def _out(self, job_id: str) -> Path:
+        return self.jobs_dir / job_id
+
+    def _queue(self, active: _Active) -> None:
+        with self._lock:
+            self._active[active.id] = active
+        self._pool.submit(self._run, active)
+
+    def _drop_upload(self, job_id: str, path: str | None = None) -> None:
+        if path is None:
+            row = self.db.get_job(job_id)
+            path = row.input_path if row is not None else None
+        if path:
+            Path(path).unlink(missing_ok=True)
+        self.db.update_job(job_id, input_path=None)
+
+    def _run(self, job: _Active) -> None:
+        state, error = "failed", None
+        try:
+            if job.cancel.is_set():
+                raise JobCancelled
+            self.db.update_job(job.id, state="running", started_at=utcnow())
+            # A job analysed again after a restart starts its session afresh.
+            self.db.delete_session(job.id)
             self.db.start_session(
                 job.id,
                 kind="upload",
@@ -130,26 +238,7 @@ class JobRunner:
                 exercise=job.exercise.name,
                 backend=job.backend,
             )
-
-            def frames() -> Any:
-                for index, t, image in video:
-                    people = detector.detect([image], [t])[0]
-                    yield FramePoses(index, t, video.width, video.height, people)
-
-            def on_frame(frame: FramePoses) -> None:
-                job.frames_done = frame.index + 1
-                if job.frames_total:
-                    job.progress = min(job.frames_done / job.frames_total, 0.99)
-
-            report = analyze_frames(
-                frames(),
-                job.exercise,
-                video.fps,
-                input=job.filename,
-                backend=job.backend,
-                tracker=Tracker(),
-                on_frame=on_frame,
-            )
+            report = self._analyze(job)
             job.out_dir.mkdir(parents=True, exist_ok=True)
             report.write_json(job.out_dir / "report.json")
             report.write_csv(job.out_dir / "angles.csv")
@@ -159,25 +248,98 @@ class JobRunner:
                 for anomaly in person.anomalies:
                     self.db.add_anomaly(job.id, person.id, anomaly.rep_index, anomaly.reason)
             self.db.end_session(job.id, status="ended", frames=job.frames_done)
-            job.report = report.to_dict()
-            job.progress = 1.0
-            job.state = JobState.SUCCEEDED
+            state = "succeeded"
+        except JobCancelled:
+            state, error = "cancelled", "cancelled by request"
         except VideoError as exc:
-            job.error = str(exc)
-            job.state = JobState.FAILED
+            error = str(exc)
         except Exception as exc:  # the job fails, the service goes on
             log.exception("analysis job %s failed", job.id)
-            job.error = f"{type(exc).__name__}: {exc}"
-            job.state = JobState.FAILED
+            error = f"{type(exc).__name__}: {exc}"
         finally:
-            if job.state is JobState.FAILED:
-                try:
-                    self.db.end_session(
-                        job.id, status="failed", frames=job.frames_done, error=job.error
-                    )
-                except Exception:
-                    log.debug("no session to close for job %s", job.id)
-            if detector is not None:
-                detector.close()
-            job.finished_at = time.time()
-            self.metrics.jobs.labels(job.state.value).inc()
+            self._close(job, state, error)
+
+    def _close(self, job: _Active, state: str, error: str | None) -> None:
+        try:
+            if state != "succeeded":
+                self.db.end_session(
+                    job.id,
+                    status="failed" if state == "failed" else "ended",
+                    frames=job.frames_done,
+                    error=error,
+                )
+            values: dict[str, Any] = {
+                "frames_done": job.frames_done,
+                "frames_total": job.frames_total,
+                "error": error,
+            }
+            if state == "succeeded":
+                values["progress"] = 1.0
+            if self.db.finish_job(job.id, state, **values):
+                self.metrics.jobs.labels(state).inc()
+            if self.upload_retention_s <= 0:
+                self._drop_upload(job.id, str(job.input))
+            else:
+                self.sweep_uploads()
+        except Exception:
+            # Storage trouble: the row stays active and the next start analyses it again.
+            log.exception("analysis job %s: could not record its end", job.id)
+        finally:
+            with self._lock:
+                self._active.pop(job.id, None)
+
+    def _on_frame(self, job: _Active, frame: FramePoses) -> None:
+        if job.cancel.is_set():
+            raise JobCancelled
+        job.frames_done = frame.index + 1
+        if job.frames_total:
+            job.progress = min(job.frames_done / job.frames_total, 0.99)
+        now = time.monotonic()
+        if now - job.last_write >= PROGRESS_WRITE_S:
+            job.last_write = now
+            try:
+                self.db.update_job(
+                    job.id,
+                    progress=round(job.progress, 4),
+                    frames_done=job.frames_done,
+                    frames_total=job.frames_total,
+                )
+            except Exception as exc:
+                log.warning("job %s: progress not stored: %s", job.id, exc)
+
+    def _analyze(self, job: _Active) -> Report:
+        """The analysis of one upload: the video in, a Report out (the rest is bookkeeping)."""
+        from pose_analyzer.detectors import create_detector
+
+        video = open_video(job.input)
+        job.frames_total = video.frame_count
+        kw: dict[str, Any] = {"mode": "video", "models_dir": self.models_dir}
+        detector = create_detector(
+            job.backend, job.model, **(kw if job.backend == "mediapipe" else {})
+        )
+        try:
+
+            def frames() -> Any:
+                for index, t, image in video:
+                    people = detector.detect([image], [t])[0]
+                    yield FramePoses(index, t, video.width, video.height, people)
+
+            return analyze_frames(
+                frames(),
+                job.exercise,
+                video.fps,
+                input=job.filename,
+                backend=job.backend,
+                tracker=Tracker(),
+                on_frame=lambda frame: self._on_frame(job, frame),
+            )
+        finally:
+            detector.close()
+            video.close()
+
+
+def _utc(value: dt.datetime | None) -> dt.datetime | None:
+    # SQLite keeps no time zone; every timestamp stored here is UTC.
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=dt.timezone.utc)
+    return value

@@ -25,8 +25,23 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         default=None, validation_alias=AliasChoices("POSE_DATABASE_URL", "DATABASE_URL")
     )
-    # Required on every route and WebSocket when set (header X-API-Key or ?api_key=).
-    api_key: str | None = None
+    # Required on every route, WebSocket, /docs, /openapi.json and static file when set:
+    # header X-API-Key, Authorization: Bearer, or HTTP Basic with any user name (what a
+    # browser prompts for); ?api_key= only on WebSocket URLs. /health stays open, and
+    # /metrics too unless metrics_require_key.
+    api_key: str | None = Field(default=None, repr=False)
+    metrics_require_key: bool = False
+    # JSON bodies larger than this are refused with 413 (uploads: max_upload_bytes).
+    max_body_bytes: int = Field(default=64 * 1024, ge=1024)
+    # Seconds an ended job's upload is kept; 0 deletes it as soon as the job ends.
+    upload_retention_s: float = Field(default=0.0, ge=0)
+    # URL sources: hosts and networks (CIDR) a stream may read from, comma separated.
+    # Link-local and cloud metadata addresses are refused whatever this says.
+    source_allow: str = (
+        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,239.0.0.0/8"
+    )
+    # A live source that never delivers a first frame fails after this many seconds.
+    connect_timeout_s: float = Field(default=30.0, gt=0)
 
     max_streams: int = 8
     max_upload_bytes: int = 512 * 1024 * 1024

@@ -284,23 +284,34 @@ class BodyGuardMiddleware:
 # -- errors ----------------------------------------------------------------------------
 
 
-def _loc(part: Any) -> str | int:
-    return part if isinstance(part, int) and not isinstance(part, bool) else str(part)
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def _loc(parts: Any) -> list[str | int]:
+    """Field names and indexes only: pydantic adds union and validator tags to locations."""
+    out: list[str | int] = []
+    for part in parts:
+        if isinstance(part, int) and not isinstance(part, bool):
+            out.append(part)
+        elif isinstance(part, str) and _FIELD.match(part):
+            out.append(part)
+    return out
 
 
 def validation_body(exc: RequestValidationError) -> dict[str, Any]:
     errors = [
         {
-            "loc": [_loc(p) for p in err.get("loc", ())],
+            "loc": _loc(err.get("loc", ())),
             "msg": str(err.get("msg", "invalid")),
             "type": str(err.get("type", "value_error")),
         }
         for err in exc.errors()
     ]
-    summary = "; ".join(
-        f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in errors[:5]
-    ) or ("invalid request")
-    return {"detail": summary, "errors": errors}
+    lines: dict[str, list[str]] = {}
+    for e in errors:
+        lines.setdefault(".".join(str(p) for p in e["loc"]), []).append(str(e["msg"]))
+    summary = "; ".join(f"{k}: {' or '.join(v)}" for k, v in list(lines.items())[:5])
+    return {"detail": summary or "invalid request", "errors": errors}
 
 
 def install_error_handlers(app: FastAPI, *, storage_message: str) -> None:

@@ -168,4 +168,3 @@ class PlanOut(BaseModel):
     dtype: str
     mode: str
     machines: list[MachinePlanOut]
-

@@ -3,21 +3,40 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL bytes")
+    return value
+
+
+# Bounded strings without NUL bytes (a NUL or a 300-character name reaches the OS otherwise).
+SourceText = Annotated[StrictStr, Field(max_length=2048), AfterValidator(_no_nul)]
+BackendName = Annotated[StrictStr, Field(max_length=32), AfterValidator(_no_nul)]
+ModelName = Annotated[StrictStr, Field(max_length=512), AfterValidator(_no_nul)]
+CameraIndex = Annotated[StrictInt, Field(ge=0, le=63)]
+ExerciseName = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
 class StreamCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: a camera index is an integer, never true/false or "0.5".
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    source: str | int = Field(
+    source: SourceText | CameraIndex = Field(
         description="camera index, a file under the data directory, or an rtsp/http/udp/tcp URL",
         examples=["samples/pose2sim/single/cam01.mp4", 0, "udp://127.0.0.1:5000"],
     )
-    exercise: str = Field(examples=["squat"])
-    backend: str | None = Field(default=None, description="mediapipe | yolo | replay")
-    model: str | None = Field(default=None, description="lite | full | heavy | a model path")
+    exercise: ExerciseName = Field(examples=["squat"])
+    backend: BackendName | None = Field(default=None, description="mediapipe | yolo | replay")
+    model: ModelName | None = Field(
+        default=None,
+        description="mediapipe: lite | full | heavy or a .task path; yolo: a .pt file in the "
+        "models directory or an Ultralytics pose yaml name",
+    )
     realtime: bool = Field(
         default=True, description="files: play at the native frame rate (live simulation)"
     )
@@ -44,7 +63,7 @@ class StreamInfo(BaseModel):
     reps: int
     clients: int
     session_id: str
-    created_at: float
+    created_at: dt.datetime
     rep_counts: dict[str, int]
     session_status: str | None = None
 
@@ -95,26 +114,33 @@ class SessionDetail(SessionOut):
     anomalies: list[AnomalyOut]
 
 
+JobState = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+
+
 class JobInfo(BaseModel):
+    """An analysis job: the same model as gpu_optimizer's profiling jobs (state, progress,
+    ISO-8601 UTC timestamps, ``url``), plus what an upload adds."""
+
     id: str
+    url: str
+    state: JobState
     filename: str
     exercise: str
     backend: str
     model: str | None
-    state: str
     progress: float
     frames_done: int
     frames_total: int | None
     error: str | None
-    created_at: float
-    finished_at: float | None
+    created_at: dt.datetime
+    started_at: dt.datetime | None
+    finished_at: dt.datetime | None
     session_id: str
-    report: dict[str, Any] | None = None
+    report: dict[str, Any] | None = Field(
+        default=None, description="report.json of a succeeded job (docs/report.md)"
+    )
 
 
 class Health(BaseModel):
     status: str
     service: str
-    version: str
-    streams: int
-    database: str

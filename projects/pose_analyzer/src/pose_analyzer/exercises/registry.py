@@ -77,3 +77,80 @@ def get_exercise(name: str, extra_dirs: list[Path] | None = None) -> Exercise:
             f"unknown exercise {name!r}; known exercises: {', '.join(exercises)}"
         )
     return exercises[name]
+
+
+class ExerciseCatalog:
+    """The service's exercises, loaded and validated once, and again only when a file changes.
+
+    Each user file is loaded on its own: a broken one (bad TOML, a wrong type,
+    a name that does not match the file, a directory that is gone) is kept as
+    an error naming the file and the field, and every other exercise, built-in
+    or user, keeps working. Asking for the broken one raises
+    ExerciseDefinitionError with that message.
+    """
+
+    def __init__(self, extra_dirs: list[Path] | None = None) -> None:
+        self._extra_dirs = extra_dirs
+        self._signature: tuple[object, ...] | None = None
+        self.exercises: dict[str, Exercise] = {}
+        self.errors: dict[str, str] = {}  # exercise name (file stem) or directory -> message
+        self.refresh()
+
+    def _dirs(self) -> list[Path]:
+        return [BUILTIN_DIR, *(user_dirs() if self._extra_dirs is None else self._extra_dirs)]
+
+    def _current_signature(self) -> tuple[object, ...]:
+        parts: list[object] = []
+        for d in self._dirs():
+            try:
+                files = sorted(d.glob("*.toml"))
+                parts.append((str(d), d.stat().st_mtime_ns))
+            except OSError:
+                parts.append((str(d), None))
+                continue
+            for path in files:
+                try:
+                    st = path.stat()
+                    parts.append((str(path), st.st_mtime_ns, st.st_size))
+                except OSError:
+                    parts.append((str(path), None))
+        return tuple(parts)
+
+    def refresh(self) -> None:
+        """Reload when a definition file or directory changed since the last load."""
+        signature = self._current_signature()
+        if signature == self._signature:
+            return
+        found: dict[str, Exercise] = {}
+        errors: dict[str, str] = {}
+        for d in self._dirs():
+            if not d.is_dir():
+                if d != BUILTIN_DIR:
+                    errors[str(d)] = f"{d.name}: exercise directory does not exist"
+                continue
+            for path in sorted(d.glob("*.toml")):
+                try:
+                    exercise = load_file(path)
+                except ExerciseDefinitionError as exc:
+                    errors[path.stem] = str(exc)
+                    found.pop(path.stem, None)
+                    continue
+                errors.pop(exercise.name, None)
+                found[exercise.name] = exercise
+        self.exercises = dict(sorted(found.items()))
+        self.errors = errors
+        self._signature = signature
+
+    def get(self, name: str) -> Exercise:
+        self.refresh()
+        if name in self.exercises:
+            return self.exercises[name]
+        if name in self.errors:
+            raise ExerciseDefinitionError(self.errors[name])
+        raise UnknownExerciseError(
+            f"unknown exercise {name!r}; known exercises: {', '.join(self.exercises)}"
+        )
+
+    def all(self) -> dict[str, Exercise]:
+        self.refresh()
+        return self.exercises

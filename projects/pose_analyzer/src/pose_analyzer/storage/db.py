@@ -2,7 +2,11 @@
 
 Every completed rep is committed on its own, so a crash (even SIGKILL) loses
 at most the rep in progress. On start-up, sessions left `live` by a previous
-process are marked `interrupted`.
+process are marked `interrupted`, ended at their last stored rep (the restart
+time says nothing about when the session stopped). A SQLite file is checked
+at every transaction (gpu_optimizer.storage.guard): a file that is gone,
+replaced, read-only or on a full disk raises StorageUnavailable instead of
+taking writes that would vanish.
 """
 
 from __future__ import annotations
@@ -15,23 +19,20 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event, select, update
+from sqlalchemy import create_engine, func, select, text, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
-from pose_analyzer.storage.models import AnomalyRow, RepRow, SessionRow, utcnow
+from gpu_optimizer.storage.guard import (
+    SqliteFileGuard,
+    StorageUnavailable,
+    sqlite_path,
+    sqlite_pragmas,
+)
+from pose_analyzer.storage.models import AnomalyRow, JobRow, RepRow, SessionRow, utcnow
 
 MIGRATIONS = Path(__file__).with_name("migrations")
-
-
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    # WAL: readers do not block the writer; synchronous=NORMAL is durable in WAL mode
-    # against process crashes (only an OS crash can lose the last transactions).
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.close()
+ACTIVE_JOB_STATES = ("queued", "running")
 
 
 def make_engine(url: str) -> Engine:
@@ -39,8 +40,8 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False})
-        event.listen(engine, "connect", _sqlite_pragmas)
+        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+        sqlite_pragmas(engine)
         return engine
     return create_engine(url, pool_pre_ping=True)
 
@@ -59,18 +60,43 @@ class Database:
         self.url = url
         self.engine = make_engine(url)
         self.sessionmaker = sessionmaker(self.engine, expire_on_commit=False)
+        path = sqlite_path(url)
+        self.guard = SqliteFileGuard(path) if path is not None else None
 
     def migrate(self) -> int:
         """Apply migrations; mark sessions a dead process left live. Returns how many."""
         upgrade(self.engine)
+        if self.guard is not None:
+            self.guard.adopt()
+            self.guard.install(self.engine)
+        last_rep = (
+            select(func.max(RepRow.created_at))
+            .where(RepRow.session_id == SessionRow.id)
+            .scalar_subquery()
+        )
         with self.session() as db:
             result = db.execute(
                 update(SessionRow)
                 .where(SessionRow.status == "live")
-                .values(status="interrupted", ended_at=utcnow(), error="service stopped")
+                .values(
+                    status="interrupted",
+                    ended_at=func.coalesce(last_rep, SessionRow.started_at),
+                    error="the service stopped (ended_at: its last stored rep)",
+                )
             )
             db.commit()
             return int(result.rowcount or 0)  # type: ignore[attr-defined]
+
+    def problem(self) -> str | None:
+        """Why the database cannot be used now, or None when it answers."""
+        try:
+            with self.engine.connect() as connection:
+                connection.execute(text("SELECT 1"))
+        except StorageUnavailable as exc:
+            return str(exc)
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -136,6 +162,76 @@ class Database:
                 .values(status=status, ended_at=utcnow(), frames=frames, error=error)
             )
             db.commit()
+
+    def set_frames(self, session_id: str, frames: int) -> None:
+        with self.session() as db:
+            db.execute(update(SessionRow).where(SessionRow.id == session_id).values(frames=frames))
+            db.commit()
+
+    def delete_session(self, session_id: str) -> None:
+        """Remove a session and its reps (an upload job analysed again after a restart)."""
+        with self.session() as db:
+            row = db.get(SessionRow, session_id)
+            if row is not None:
+                db.delete(row)
+                db.commit()
+
+    # -- analysis jobs ----------------------------------------------------------------
+
+    def add_job(self, row: JobRow) -> None:
+        with self.session() as db:
+            db.add(row)
+            db.commit()
+
+    def update_job(self, job_id: str, **values: Any) -> None:
+        with self.session() as db:
+            db.execute(update(JobRow).where(JobRow.id == job_id).values(**values))
+            db.commit()
+
+    def finish_job(self, job_id: str, state: str, **values: Any) -> bool:
+        """Move an active job to `state`; False when it had already ended (no change)."""
+        with self.session() as db:
+            result = db.execute(
+                update(JobRow)
+                .where(JobRow.id == job_id, JobRow.state.in_(ACTIVE_JOB_STATES))
+                .values(state=state, finished_at=utcnow(), **values)
+            )
+            db.commit()
+            return bool(result.rowcount)  # type: ignore[attr-defined]
+
+    def get_job(self, job_id: str) -> JobRow | None:
+        with self.session() as db:
+            return db.get(JobRow, job_id)
+
+    def list_jobs(self, limit: int = 100, state: str | None = None) -> list[JobRow]:
+        with self.session() as db:
+            query = select(JobRow).order_by(JobRow.created_at.desc()).limit(limit)
+            if state is not None:
+                query = query.where(JobRow.state == state)
+            return list(db.scalars(query))
+
+    def active_jobs(self) -> list[JobRow]:
+        with self.session() as db:
+            return list(
+                db.scalars(
+                    select(JobRow)
+                    .where(JobRow.state.in_(ACTIVE_JOB_STATES))
+                    .order_by(JobRow.created_at)
+                )
+            )
+
+    def expired_uploads(self, before: dt.datetime) -> list[JobRow]:
+        """Ended jobs whose upload is still stored and ended before `before`."""
+        with self.session() as db:
+            return list(
+                db.scalars(
+                    select(JobRow).where(
+                        JobRow.state.not_in(ACTIVE_JOB_STATES),
+                        JobRow.input_path.is_not(None),
+                        JobRow.finished_at <= before,
+                    )
+                )
+            )
 
     # -- reads ------------------------------------------------------------------------
 

@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 from pose_analyzer.exercises.registry import get_exercise
+from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.metrics import PoseMetrics
 from pose_analyzer.settings import Settings
 from pose_analyzer.storage import Database
 from pose_analyzer.streams.batching import BatchingDetector
 from pose_analyzer.streams.pipeline import StreamConfig, StreamRunner
-from pose_analyzer.streams.sources import Source, SourceError, parse_source
+from pose_analyzer.streams.sources import Source, SourceError, SourcePolicy, parse_source
 from pose_analyzer.video import VideoError, open_video
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ class StreamManager:
         self.streams: dict[str, StreamRunner] = {}
         self._lock = asyncio.Lock()
         self._batchers: dict[str, BatchingDetector] = {}
+        self.policy = SourcePolicy.parse(settings.source_allow)
 
     def _free_slot(self) -> int:
         used = {int(s.slot) for s in self.streams.values() if not s.finished.is_set()}
@@ -55,15 +59,17 @@ class StreamManager:
     async def start(
         self,
         source: str | int,
-        exercise: str,
+        exercise: str | Exercise,
         backend: str | None = None,
         model: str | None = None,
         realtime: bool = True,
     ) -> StreamRunner:
         """Validate and start; raises SourceError, UnknownExerciseError, StreamRequestError,
         StreamLimitError or StreamStartError with a message for the user."""
-        parsed = parse_source(source, Path(self.settings.data_dir))
-        definition = get_exercise(exercise)
+        parsed = await asyncio.to_thread(
+            parse_source, source, Path(self.settings.data_dir), self.policy
+        )
+        definition = get_exercise(exercise) if isinstance(exercise, str) else exercise
         backend = backend or ("replay" if parsed.keypoints else self.settings.default_backend)
         if backend not in BACKENDS:
             raise StreamRequestError(
@@ -78,6 +84,7 @@ class StreamManager:
             await asyncio.to_thread(_probe_camera, parsed)
         if model is None and backend == "mediapipe":
             model = self.settings.default_model
+        await asyncio.to_thread(check_model, backend, model, Path(self.settings.models_dir))
         async with self._lock:
             slot = self._free_slot()
             shared = None
@@ -96,6 +103,7 @@ class StreamManager:
                     buffer=self.settings.reader_buffer,
                     reconnect_initial_s=self.settings.reconnect_initial_s,
                     reconnect_max_s=self.settings.reconnect_max_s,
+                    connect_timeout_s=self.settings.connect_timeout_s,
                     queue_size=self.settings.ws_queue,
                     overflow_disconnect_s=self.settings.ws_overflow_disconnect_s,
                 ),
@@ -194,3 +202,64 @@ def _probe_camera(source: Source) -> None:
         open_video(source.target).close()
     except VideoError as exc:
         raise SourceError(str(exc)) from exc
+
+
+YOLO_SUFFIXES = (".pt",)
+YAML_NAME = re.compile(r"^yolo[0-9a-z._-]*-pose\.ya?ml$")
+
+
+def _check_yolo_model(model: str | None, models_dir: Path) -> None:
+    """A YOLO model the service will load: refused now with the reason, not after a 201.
+
+    Weights must be an Ultralytics checkpoint (a zip archive, ``*.pt``) inside the
+    models directory; a bare ``yolo*-pose.yaml`` name builds the architecture with
+    random weights. Anything else (``/etc/passwd``, a path outside the models
+    directory) is a StreamRequestError.
+    """
+    from pose_analyzer.detectors.yolo_backend import DEFAULT_WEIGHTS
+
+    if model is not None and model.lower().endswith((".yaml", ".yml")):
+        if not YAML_NAME.match(model):
+            raise StreamRequestError(
+                f"YOLO model {model[:80]!r}: a model yaml must be an Ultralytics pose "
+                "architecture name such as yolo11n-pose.yaml"
+            )
+        return
+    # Lexical containment: the models directory may itself hold links to shared files.
+    root = Path(os.path.abspath(models_dir))
+    try:
+        path = Path(os.path.normpath(root / (model or DEFAULT_WEIGHTS)))
+        is_file = path.is_file()
+    except (OSError, ValueError) as exc:
+        raise StreamRequestError(f"YOLO model {str(model)[:80]!r} cannot be used: {exc}") from None
+    if not path.is_relative_to(root):
+        raise StreamRequestError(
+            f"YOLO model {model!r} is outside the models directory; put the weights under "
+            f"{root.name}/ and pass the file name"
+        )
+    if path.suffix.lower() not in YOLO_SUFFIXES:
+        raise StreamRequestError(
+            f"YOLO model {model!r} is not a weights file ({', '.join(YOLO_SUFFIXES)})"
+        )
+    if not is_file:
+        raise StreamRequestError(
+            f"YOLO weights {path.name} not found in the models directory; run "
+            "`make download-models` or pass the name of a file there"
+        )
+    with path.open("rb") as fh:
+        magic = fh.read(4)
+    if magic != b"PK\x03\x04":
+        raise StreamRequestError(f"YOLO model {path.name} is not a PyTorch checkpoint")
+
+
+def check_model(backend: str, model: str | None, models_dir: Path) -> None:
+    """Model checks both streams and upload jobs run before they accept a request."""
+    if backend == "yolo":
+        _check_yolo_model(model, models_dir)
+    elif backend == "mediapipe" and model is not None:
+        from pose_analyzer.detectors.mediapipe_backend import resolve_model_path
+
+        try:
+            resolve_model_path(model, models_dir)
+        except FileNotFoundError as exc:
+            raise StreamRequestError(str(exc)) from None

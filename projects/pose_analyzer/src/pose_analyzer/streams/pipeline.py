@@ -51,6 +51,7 @@ class StreamConfig:
     buffer: int = 2
     reconnect_initial_s: float = 0.5
     reconnect_max_s: float = 8.0
+    connect_timeout_s: float | None = None
     queue_size: int = 32
     overflow_disconnect_s: float = 5.0
 
@@ -120,6 +121,7 @@ class StreamRunner:
             buffer=config.buffer,
             reconnect_initial_s=config.reconnect_initial_s,
             reconnect_max_s=config.reconnect_max_s,
+            connect_timeout_s=config.connect_timeout_s,
             on_state=self._on_state,
             on_drop=lambda n: metrics.frames_dropped.labels(self.slot).inc(n),
             on_read=lambda: metrics.frames_read.labels(self.slot).inc(),
@@ -290,13 +292,16 @@ class StreamRunner:
         failed = bool(self.error) or self.reader.state == StreamState.FAILED
         status = "failed" if failed else "ended"
         self.session_status = status
-        await asyncio.to_thread(
-            self.db.end_session,
-            self.id,
-            status=status,
-            frames=self.stats.frames_processed,
-            error=self.error or self.reader.reason if status == "failed" else None,
-        )
+        try:
+            await asyncio.to_thread(
+                self.db.end_session,
+                self.id,
+                status=status,
+                frames=self.stats.frames_processed,
+                error=self.error or self.reader.reason if status == "failed" else None,
+            )
+        except Exception as exc:  # storage trouble must not keep the slot taken
+            log.error("stream %s: session end not stored: %s", self.id, exc)
         await self.hub.close_all("stream ended" if not self._stopping else "stream stopped")
         if self._detector is not None:
             await loop.run_in_executor(self._executor, self._detector.close)

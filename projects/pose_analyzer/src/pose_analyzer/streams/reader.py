@@ -59,6 +59,7 @@ class FrameReader:
         reconnect_initial_s: float = 0.5,
         reconnect_max_s: float = 8.0,
         max_reconnects: int | None = None,
+        connect_timeout_s: float | None = None,
         on_state: Callable[[StreamState, str | None], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
         on_read: Callable[[], None] | None = None,
@@ -74,6 +75,9 @@ class FrameReader:
         self.reconnect_initial_s = reconnect_initial_s
         self.reconnect_max_s = reconnect_max_s
         self.max_reconnects = max_reconnects
+        # A live source that has not delivered one frame this long after the start
+        # fails (and frees its stream slot) instead of connecting forever.
+        self.connect_timeout_s = connect_timeout_s
         self._on_state = on_state
         self._on_drop = on_drop
         self._on_read = on_read
@@ -152,6 +156,18 @@ class FrameReader:
             self._buffer.append(frame)
             self._cond.notify_all()
 
+    def _never_live(self, start: float, why: str) -> bool:
+        """Fail the stream if it has delivered no frame within the connect timeout."""
+        if self.connect_timeout_s is None or self.frames_read:
+            return False
+        if time.monotonic() - start < self.connect_timeout_s:
+            return False
+        self._set_state(
+            StreamState.FAILED,
+            f"no frame within {self.connect_timeout_s:g} s (POSE_CONNECT_TIMEOUT_S): {why}",
+        )
+        return True
+
     def _run(self) -> None:
         backoff = self.reconnect_initial_s
         start = time.monotonic()
@@ -168,6 +184,8 @@ class FrameReader:
                     self._set_state(
                         StreamState.FAILED, f"gave up after {attempts - 1} retries: {exc}"
                     )
+                    return
+                if self._never_live(start, str(exc)):
                     return
                 self._set_state(
                     StreamState.RECONNECTING if self.frames_read else StreamState.CONNECTING,
@@ -187,6 +205,8 @@ class FrameReader:
                 self._set_state(StreamState.ENDED, None)
                 return
             # The live source stopped delivering: reconnect.
+            if self._never_live(start, "the source opened but sent no frames"):
+                return
             if got_frame:
                 backoff, attempts = self.reconnect_initial_s, 0
             self.reconnects += 1
