@@ -13,11 +13,12 @@ TASK = $(UV) run --locked python scripts/tasks.py
 endif
 
 .PHONY: help install ensure-uv validate validate-cuda download-models fetch-samples test lint \
-	format run-pose run-vram run-all stop-all status gpu-top dev-session bench clean \
+	format run-pose-analyzer run-gpu-optimizer run-all stop-all status gpu-top dev-session bench clean \
 	monitoring-up monitoring-down
 
-help: ## list the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  \033[36m%-16s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+help: ## list the targets (colour only on a terminal)
+	@if [ -t 1 ]; then c='\033[36m'; r='\033[0m'; else c=''; r=''; fi; \
+	awk -v c="$$c" -v r="$$r" 'BEGIN {FS = ":.*## "} /^[a-z-]+:.*## / {printf "  %s%-18s%s %s\n", c, $$1, r, $$2}' $(MAKEFILE_LIST)
 	@echo "  runner: $(if $(PIXI),pixi ($(PIXI)),uv)"
 
 ensure-uv:
@@ -54,11 +55,11 @@ lint: ensure-uv ## ruff lint, ruff format check, mypy
 format: ensure-uv ## format and auto-fix the code
 	$(TASK) format
 
-run-pose: ensure-uv ## run the pose service in the foreground on :8001
-	$(TASK) run-pose
+run-pose-analyzer: ensure-uv ## run pose_analyzer in the foreground on :8001
+	$(TASK) run-pose-analyzer
 
-run-vram: ensure-uv ## run the GPU optimizer service in the foreground on :8002
-	$(TASK) run-vram
+run-gpu-optimizer: ensure-uv ## run gpu_optimizer in the foreground on :8002
+	$(TASK) run-gpu-optimizer
 
 run-all: install ## install if needed, provision models, start both services in the background
 	$(TASK) run-all
@@ -75,7 +76,7 @@ monitoring-up: ensure-uv ## start Prometheus + Grafana (docker compose), else a 
 monitoring-down: ensure-uv ## stop what monitoring-up started
 	$(TASK) monitoring-down
 
-dev-session: ensure-uv ## tmux session with windows pose, vram, monitor
+dev-session: ensure-uv ## tmux session with windows pose_analyzer, gpu_optimizer, monitor
 	$(TASK) dev-session
 
 gpu-top: ensure-uv ## terminal GPU monitor (NVML)

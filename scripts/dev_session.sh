@@ -36,16 +36,16 @@ else
     else
         monitor="make --no-print-directory -C '$repo' gpu-top"
     fi
-    tmux new-session -d -s "$session" -n pose -c "$repo" "${env_args[@]}"
+    tmux new-session -d -s "$session" -n pose_analyzer -c "$repo" "${env_args[@]}"
     # Keep a window open after its command ends, so a crash stays readable.
     tmux set-option -t "$session" remain-on-exit on >/dev/null
-    tmux send-keys -t "=$session:pose" "make --no-print-directory run-pose" C-m
-    tmux new-window -t "=$session" -n vram -c "$repo" "${env_args[@]}"
-    tmux send-keys -t "=$session:vram" "make --no-print-directory run-vram" C-m
+    tmux send-keys -t "=$session:pose_analyzer" "make --no-print-directory run-pose-analyzer" C-m
+    tmux new-window -t "=$session" -n gpu_optimizer -c "$repo" "${env_args[@]}"
+    tmux send-keys -t "=$session:gpu_optimizer" "make --no-print-directory run-gpu-optimizer" C-m
     tmux new-window -t "=$session" -n monitor -c "$repo" "${env_args[@]}"
     tmux send-keys -t "=$session:monitor" "$monitor" C-m
-    tmux select-window -t "=$session:pose"
-    echo "tmux session '$session' created with windows: pose, vram, monitor"
+    tmux select-window -t "=$session:pose_analyzer"
+    echo "tmux session '$session' created with windows: pose_analyzer, gpu_optimizer, monitor"
 fi
 
 if [ -t 0 ] && [ -t 1 ] && [ -z "${TMUX:-}" ]; then

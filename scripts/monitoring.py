@@ -207,8 +207,23 @@ def compose(*args: str) -> int:
 
 # --- actions -------------------------------------------------------------------------
 
+# Scrape credentials prometheus.yml reads (credentials_file), one per job.
+SECRETS = {"pose_analyzer": "POSE_API_KEY", "gpu_optimizer": "GPU_OPT_API_KEY"}
+
+
+def write_credentials(directory: Path | None = None) -> None:
+    """secrets/<job>.key from the services' key variables (empty when unset), mode 0600."""
+    directory = directory or MONITORING / "secrets"
+    directory.mkdir(parents=True, exist_ok=True)
+    for job, variable in SECRETS.items():
+        path = directory / f"{job}.key"
+        path.touch(mode=0o600, exist_ok=True)
+        path.chmod(0o600)
+        path.write_text(os.environ.get(variable, ""))
+
 
 def up() -> int:
+    write_credentials()
     if running_pid() is not None:  # a local Prometheus from an earlier `up`
         start_local()
         print(GRAFANA_HINT)

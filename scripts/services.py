@@ -2,12 +2,15 @@
 """Start, stop and inspect the two services in the background (`make run-all` / `stop-all`).
 
 Each service runs as its own process from this environment's Python, with
-its PID in logs/<service>.pid and its output in logs/<service>.log. Starting
+its PID in logs/<service>.pid and its output in logs/<service>.log
+(<service>: pose_analyzer, gpu_optimizer). Starting
 a service that already runs starts nothing; stopping stops exactly the PID
 recorded (after checking that the PID still belongs to that service) and
 removes its PID file.
 
-Environment: POSE_PORT / GPU_OPT_PORT (ports), AIML_LOG_DIR (PID and log folder).
+Environment: POSE_PORT / GPU_OPT_PORT (ports), POSE_API_KEY / GPU_OPT_API_KEY (sent
+with every request this script makes, so a service that requires its key for /metrics
+or everything is still checked), AIML_LOG_DIR (PID and log folder).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Service:
     port_env: str
     default_port: int
     host_env: str
+    key_env: str
 
     @property
     def port(self) -> int:
@@ -47,13 +51,26 @@ class Service:
         return os.environ.get(self.host_env, "127.0.0.1")
 
     @property
+    def api_key(self) -> str | None:
+        return os.environ.get(self.key_env) or None
+
+    @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
 
 SERVICES = {
-    "pose": Service("pose", "pose_analyzer.cli", "POSE_PORT", 8001, "POSE_HOST"),
-    "vram": Service("vram", "gpu_optimizer.cli", "GPU_OPT_PORT", 8002, "GPU_OPT_HOST"),
+    "pose_analyzer": Service(
+        "pose_analyzer", "pose_analyzer.cli", "POSE_PORT", 8001, "POSE_HOST", "POSE_API_KEY"
+    ),
+    "gpu_optimizer": Service(
+        "gpu_optimizer",
+        "gpu_optimizer.cli",
+        "GPU_OPT_PORT",
+        8002,
+        "GPU_OPT_HOST",
+        "GPU_OPT_API_KEY",
+    ),
 }
 
 
@@ -102,8 +119,11 @@ def running_pid(svc: Service) -> int | None:
 
 
 def healthy(svc: Service, timeout: float = 2.0) -> bool:
+    request = urllib.request.Request(f"{svc.url}/health")
+    if svc.api_key:
+        request.add_header("X-API-Key", svc.api_key)
     try:
-        with urllib.request.urlopen(f"{svc.url}/health", timeout=timeout) as resp:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
             return resp.status == 200 and json.load(resp).get("status") == "ok"
     except (urllib.error.URLError, OSError, ValueError):
         return False
@@ -211,7 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "start" and ok:
         print("\nservices:")
         for svc in chosen:
-            print(f"  {svc.name:5s} {svc.url}  (docs {svc.url}/docs, metrics {svc.url}/metrics)")
+            key = "  (API key required)" if svc.api_key else ""
+            print(
+                f"  {svc.name:13s} {svc.url}  (docs {svc.url}/docs, metrics {svc.url}/metrics){key}"
+            )
     return 0 if ok else 1
 
 

@@ -47,9 +47,9 @@ def test_dev_session_opens_pose_vram_monitor_windows_and_runs_the_services(
             timeout=120,
         )
         assert first.returncode == 0, first.stderr
-        assert "created with windows: pose, vram, monitor" in first.stdout
+        assert "created with windows: pose_analyzer, gpu_optimizer, monitor" in first.stdout
         windows = tmux(socket, "list-windows", "-t", "=devtest", "-F", "#W").stdout.split()
-        assert windows == ["pose", "vram", "monitor"]
+        assert windows == ["pose_analyzer", "gpu_optimizer", "monitor"]
 
         # The windows really run the services, on the ports given to the session.
         assert wait_for(lambda: http_ok(f"http://127.0.0.1:{env['POSE_PORT']}/health"), 120)
@@ -80,7 +80,7 @@ def test_dev_session_opens_pose_vram_monitor_windows_and_runs_the_services(
             ).stdout
     finally:
         # Ctrl-C the foreground services (as a user would), then end the tmux server.
-        for window in ("pose", "vram", "monitor"):
+        for window in ("pose_analyzer", "gpu_optimizer", "monitor"):
             tmux(socket, "send-keys", "-t", f"=devtest:{window}", "C-c")
         wait_for(
             lambda: (

@@ -389,6 +389,9 @@ def _tool(name: str) -> str:
 
 
 def test_promtool_accepts_the_prometheus_config() -> None:
+    # The scrape credentials `make monitoring-up` writes (empty: the services' default).
+    for job in ("pose_analyzer", "gpu_optimizer"):
+        (MONITORING / "secrets" / f"{job}.key").touch(exist_ok=True)
     result = subprocess.run(
         [_tool("promtool"), "check", "config", str(MONITORING / "prometheus.yml")],
         capture_output=True,
@@ -450,6 +453,9 @@ def test_real_prometheus_scrapes_the_service_and_accepts_every_dashboard_query(
     config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s"})
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
     (tmp_path / "targets").mkdir()
+    (tmp_path / "secrets").mkdir()
+    for job in ("pose_analyzer", "gpu_optimizer"):  # no keys: /metrics is open by default
+        (tmp_path / "secrets" / f"{job}.key").write_text("")
     service = gpu_optimizer_url.removeprefix("http://")
     (tmp_path / "targets/gpu_optimizer.json").write_text(json.dumps([{"targets": [service]}]))
     pose = pose_url.removeprefix("http://")

@@ -35,7 +35,7 @@ def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
     pids: dict[str, int] = {}
     try:
         assert first.returncode == 0, first.stdout + first.stderr
-        pids = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose", "vram")}
+        pids = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose_analyzer", "gpu_optimizer")}
         assert f"http://127.0.0.1:{pose_port}" in first.stdout
         assert f"http://127.0.0.1:{vram_port}" in first.stdout
         for port, service in ((pose_port, "pose_analyzer"), (vram_port, "gpu_optimizer")):
@@ -49,7 +49,7 @@ def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
         second = run_make("run-all", service_env)
         assert second.returncode == 0, second.stderr
         assert second.stdout.count("already running") == 2
-        again = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose", "vram")}
+        again = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose_analyzer", "gpu_optimizer")}
         assert again == pids  # nothing new was started
 
         status = run_make("status", service_env)
@@ -61,7 +61,7 @@ def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
         assert wait_for(lambda pid=pid: not pid_alive(pid), 20), f"{svc} (pid {pid}) still runs"
         assert not (logs / f"{svc}.pid").exists()
     assert not port_open(pose_port) and not port_open(vram_port)
-    assert (logs / "pose.log").exists() and (logs / "vram.log").exists()
+    assert (logs / "pose_analyzer.log").exists() and (logs / "gpu_optimizer.log").exists()
 
 
 def test_stop_all_without_services_and_with_a_stale_pid_file(
@@ -72,13 +72,13 @@ def test_stop_all_without_services_and_with_a_stale_pid_file(
     # A PID that belongs to some other program must never be signalled.
     other = subprocess.Popen(["sleep", "60"])
     try:
-        (logs / "pose.pid").write_text(f"{other.pid}\n")
+        (logs / "pose_analyzer.pid").write_text(f"{other.pid}\n")
         result = run_make("stop-all", service_env)
         assert result.returncode == 0
         assert "stale PID file removed" in result.stdout
-        assert "vram: not running" in result.stdout
+        assert "gpu_optimizer: not running" in result.stdout
         assert other.poll() is None, "stop-all killed a process that is not ours"
-        assert not (logs / "pose.pid").exists()
+        assert not (logs / "pose_analyzer.pid").exists()
     finally:
         other.kill()
         other.wait()
