@@ -158,7 +158,8 @@ def test_every_makefile_target_is_a_pixi_task(pixi: dict) -> None:
 def test_issue_targets_exist() -> None:
     required = {
         "help", "install", "validate", "validate-cuda", "download-models", "dev-session",
-        "test", "lint", "format", "run-pose-analyzer", "run-gpu-optimizer", "run-all", "stop-all", "clean", "bench",
+        "test", "lint", "format", "run-pose-analyzer", "run-gpu-optimizer", "run-all",
+        "stop-all", "clean", "bench",
     }  # fmt: skip
     assert required <= set(makefile_targets())
 

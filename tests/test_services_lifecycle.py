@@ -35,7 +35,10 @@ def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
     pids: dict[str, int] = {}
     try:
         assert first.returncode == 0, first.stdout + first.stderr
-        pids = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose_analyzer", "gpu_optimizer")}
+        pids = {
+            svc: int((logs / f"{svc}.pid").read_text())
+            for svc in ("pose_analyzer", "gpu_optimizer")
+        }
         assert f"http://127.0.0.1:{pose_port}" in first.stdout
         assert f"http://127.0.0.1:{vram_port}" in first.stdout
         for port, service in ((pose_port, "pose_analyzer"), (vram_port, "gpu_optimizer")):
@@ -49,7 +52,10 @@ def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
         second = run_make("run-all", service_env)
         assert second.returncode == 0, second.stderr
         assert second.stdout.count("already running") == 2
-        again = {svc: int((logs / f"{svc}.pid").read_text()) for svc in ("pose_analyzer", "gpu_optimizer")}
+        again = {
+            svc: int((logs / f"{svc}.pid").read_text())
+            for svc in ("pose_analyzer", "gpu_optimizer")
+        }
         assert again == pids  # nothing new was started
 
         status = run_make("status", service_env)

@@ -291,9 +291,8 @@ def _loc(parts: Any) -> list[str | int]:
     """Field names and indexes only: pydantic adds union and validator tags to locations."""
     out: list[str | int] = []
     for part in parts:
-        if isinstance(part, int) and not isinstance(part, bool):
-            out.append(part)
-        elif isinstance(part, str) and _FIELD.match(part):
+        index = isinstance(part, int) and not isinstance(part, bool)
+        if index or (isinstance(part, str) and _FIELD.match(part)):
             out.append(part)
     return out
 
@@ -314,6 +313,18 @@ def validation_body(exc: RequestValidationError) -> dict[str, Any]:
     return {"detail": summary or "invalid request", "errors": errors}
 
 
+def allowed_methods(app: FastAPI, scope: Scope) -> list[str]:
+    from starlette.routing import Match, Route
+
+    methods: set[str] = set()
+    for route in app.router.routes:
+        if isinstance(route, Route) and route.methods:
+            match, _ = route.matches({**scope, "method": next(iter(route.methods))})
+            if match is Match.FULL:
+                methods |= route.methods
+    return sorted(methods)
+
+
 def install_error_handlers(app: FastAPI, *, storage_message: str) -> None:
     """One error shape for every failure a request can meet, none of them a 500."""
 
@@ -322,9 +333,13 @@ def install_error_handlers(app: FastAPI, *, storage_message: str) -> None:
         return JSONResponse(validation_body(exc), status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else json.dumps(exc.detail)
-        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            # Starlette names only the first route's methods; list every method the path has.
+            headers["Allow"] = ", ".join(allowed_methods(app, request.scope))
+        return JSONResponse({"detail": detail}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(StorageUnavailable)
     async def _storage(_request: Request, exc: StorageUnavailable) -> JSONResponse:

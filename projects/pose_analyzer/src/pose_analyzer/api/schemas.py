@@ -5,7 +5,15 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    Strict,
+    StrictStr,
+)
 
 
 def _no_nul(value: str) -> str:
@@ -18,7 +26,16 @@ def _no_nul(value: str) -> str:
 SourceText = Annotated[StrictStr, Field(max_length=2048), AfterValidator(_no_nul)]
 BackendName = Annotated[StrictStr, Field(max_length=32), AfterValidator(_no_nul)]
 ModelName = Annotated[StrictStr, Field(max_length=512), AfterValidator(_no_nul)]
-CameraIndex = Annotated[StrictInt, Field(ge=0, le=63)]
+
+
+def _not_bool(value: Any) -> Any:
+    if isinstance(value, bool):
+        raise ValueError("a camera index is an integer, not true/false")
+    return value
+
+
+# 2 and 2.0 are the same JSON integer; true is not.
+CameraIndex = Annotated[int, Strict(False), BeforeValidator(_not_bool), Field(ge=0, le=63)]
 ExerciseName = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")]
 
 
