@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Biomechanics throughput: angle sets per second on one core.
 
-One angle set = every angle of DESIGN.md section 6 (13 values, confidence
+One angle set = every angle of docs/angles.md (13 values, confidence
 gated) for one person in one frame. The input is 1,000,000 synthetic poses
 (a standing skeleton with 3 px noise and 2% low-confidence joints), processed
 in chunks by `compute_angles`, single-threaded. Also timed: angular velocity

@@ -513,3 +513,32 @@ def test_a_job_can_be_cancelled_once(pose_server: Server, data_dir: Path) -> Non
         assert wait_until(lambda: not list((data_dir / "uploads").glob("*")), 30)
         listed = http.get("/jobs", params={"state": "cancelled"}).json()
         assert job["id"] in {j["id"] for j in listed}
+
+
+# -- one way to build a service ----------------------------------------------------------
+
+
+def test_no_file_cites_a_document_outside_the_repository() -> None:
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    offenders = []
+    for name in tracked:
+        path = REPO / name
+        if path.suffix not in (".py", ".md", ".toml", ".yml", ".sh", ".js", ".html"):
+            continue
+        text = path.read_text(errors="replace")
+        if "DESIGN.md" in text or "../shared/" in text:
+            offenders.append(name)
+    assert offenders == [], offenders
+    for doc in ("architecture.md", "api.md", "report.md", "angles.md"):
+        assert (REPO / "docs" / doc).is_file()
+
+
+def test_make_help_is_plain_text_without_a_terminal() -> None:
+    result = subprocess.run(
+        ["make", "--no-print-directory", "help"], cwd=REPO, capture_output=True, text=True
+    )
+    assert result.returncode == 0
+    assert "\x1b[" not in result.stdout
+    assert "run-gpu-optimizer" in result.stdout and "run-pose-analyzer" in result.stdout

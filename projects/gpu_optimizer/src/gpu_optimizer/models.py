@@ -1,6 +1,6 @@
 """MODEL specs: turn a CLI or API string into a model, an input maker and a loss.
 
-Accepted specs (DESIGN.md section 10):
+Accepted specs (docs/api.md, the gpu_optimizer CLI in README.md):
 
 - a torchvision model name (``resnet50``), built without weights;
 - an Ultralytics model yaml (``yolo11n-pose.yaml``), built with the task's

@@ -1,4 +1,4 @@
-"""The analysis report (DESIGN.md section 8): report.json and angles.csv."""
+"""The analysis report (docs/report.md): report.json and angles.csv."""
 
 from __future__ import annotations
 

@@ -332,7 +332,7 @@ _EDGE_COLORS = [_edge_color(a, b) for a, b in SKELETON]
 
 
 def angle_anchor(angle_name: str) -> str | None:
-    """The joint an angle's value is written next to (DESIGN.md section 6 names)."""
+    """The joint an angle's value is written next to (names of docs/angles.md)."""
     for joint in ("knee", "hip", "elbow", "shoulder", "ankle"):
         for side in ("left", "right"):
             if angle_name.startswith(f"{side}_{joint}") or angle_name == f"{joint}_valgus_{side}":

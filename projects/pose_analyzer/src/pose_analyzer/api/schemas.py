@@ -24,7 +24,6 @@ def _no_nul(value: str) -> str:
 
 # Bounded strings without NUL bytes (a NUL or a 300-character name reaches the OS otherwise).
 SourceText = Annotated[StrictStr, Field(max_length=2048), AfterValidator(_no_nul)]
-BackendName = Annotated[StrictStr, Field(max_length=32), AfterValidator(_no_nul)]
 ModelName = Annotated[StrictStr, Field(max_length=512), AfterValidator(_no_nul)]
 
 
@@ -48,7 +47,9 @@ class StreamCreate(BaseModel):
         examples=["samples/pose2sim/single/cam01.mp4", 0, "udp://127.0.0.1:5000"],
     )
     exercise: ExerciseName = Field(examples=["squat"])
-    backend: BackendName | None = Field(default=None, description="mediapipe | yolo | replay")
+    backend: Literal["mediapipe", "yolo", "replay"] | None = Field(
+        default=None, description="default: replay for keypoint files, else the service's"
+    )
     model: ModelName | None = Field(
         default=None,
         description="mediapipe: lite | full | heavy or a .task path; yolo: a .pt file in the "

@@ -1,4 +1,4 @@
-"""Joint angles of DESIGN.md section 6, vectorized over any leading axes.
+"""Joint angles of docs/angles.md, vectorized over any leading axes.
 
 Input keypoints have shape (..., NUM_JOINTS, 3) (x px, y px, confidence);
 output angles have shape (..., len(ANGLE_NAMES)) in degrees. A keypoint whose

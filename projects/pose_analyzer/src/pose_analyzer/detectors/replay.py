@@ -1,4 +1,4 @@
-"""The keypoint JSON Lines format of DESIGN.md section 7: reader, writer, replay backend.
+"""The keypoint JSON Lines format of docs/report.md: reader, writer, replay backend.
 
 One line per frame: {"t", "frame", "width", "height", "people": [{"id",
 "keypoints": {joint: [x, y, confidence]}}]}. Values are written with full
