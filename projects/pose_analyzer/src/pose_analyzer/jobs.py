@@ -31,6 +31,7 @@ from pose_analyzer.metrics import PoseMetrics
 from pose_analyzer.report import Report
 from pose_analyzer.storage import Database, JobRow
 from pose_analyzer.storage.models import utcnow
+from pose_analyzer.streams.memory import release_memory
 from pose_analyzer.tracking import Tracker
 from pose_analyzer.video import VideoError, open_video
 
@@ -287,6 +288,7 @@ class JobRunner:
         finally:
             with self._lock:
                 self._active.pop(job.id, None)
+            release_memory()
 
     def _on_frame(self, job: _Active, frame: FramePoses) -> None:
         if job.cancel.is_set():

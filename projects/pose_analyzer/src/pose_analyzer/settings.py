@@ -40,6 +40,8 @@ class Settings(BaseSettings):
     source_allow: str = (
         "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7,239.0.0.0/8"
     )
+    # glibc malloc arenas for the stream threads (streams/memory.py); 0 keeps glibc's.
+    malloc_arenas: int = Field(default=2, ge=0, le=64)
     # A live source that never delivers a first frame fails after this many seconds.
     connect_timeout_s: float = Field(default=30.0, gt=0)
 

@@ -32,6 +32,7 @@ from pose_analyzer.metrics import PoseMetrics, create_registry
 from pose_analyzer.settings import Settings, get_settings
 from pose_analyzer.storage import Database
 from pose_analyzer.streams.manager import StreamManager
+from pose_analyzer.streams.memory import limit_arenas, release_memory
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        limit_arenas(settings.malloc_arenas)
         db = Database(settings.resolved_database_url)
         interrupted = await asyncio.to_thread(db.migrate)
         if interrupted:
@@ -109,4 +111,5 @@ def _warm_imports() -> None:
 async def _reap(manager: StreamManager) -> None:
     while True:
         await asyncio.sleep(1.0)
-        manager.reap()
+        if manager.reap():
+            await asyncio.to_thread(release_memory)

@@ -16,6 +16,7 @@ from pose_analyzer.metrics import PoseMetrics
 from pose_analyzer.settings import Settings
 from pose_analyzer.storage import Database
 from pose_analyzer.streams.batching import BatchingDetector
+from pose_analyzer.streams.memory import release_memory
 from pose_analyzer.streams.pipeline import StreamConfig, StreamRunner
 from pose_analyzer.streams.sources import Source, SourceError, SourcePolicy, parse_source
 from pose_analyzer.video import VideoError, open_video
@@ -45,6 +46,7 @@ class StreamManager:
         self._lock = asyncio.Lock()
         self._batchers: dict[str, BatchingDetector] = {}
         self.policy = SourcePolicy.parse(settings.source_allow)
+        self._trimmed: set[str] = set()  # finished streams whose memory was given back
 
     def _free_slot(self) -> int:
         used = {int(s.slot) for s in self.streams.values() if not s.finished.is_set()}
@@ -151,17 +153,29 @@ class StreamManager:
             return None
         await runner.stop()
         self.streams.pop(stream_id, None)
+        self._trimmed.discard(stream_id)
+        await asyncio.to_thread(release_memory)
         info = runner.describe()
         info["state"] = "stopped"
         info["session_status"] = runner.session_status
         return info
 
-    def reap(self, grace_s: float = 60.0) -> None:
-        """Forget streams that ended by themselves `grace_s` ago (their sessions are closed)."""
+    def reap(self, grace_s: float = 60.0) -> bool:
+        """Forget streams that ended by themselves `grace_s` ago (their sessions are closed).
+
+        True when a stream finished since the last call: its detector is closed, and
+        the caller should give the freed memory back (streams.memory.release_memory).
+        """
         now = time.time()
+        newly_finished = False
         for stream_id, runner in list(self.streams.items()):
+            if runner.finished_at is not None and stream_id not in self._trimmed:
+                self._trimmed.add(stream_id)
+                newly_finished = True
             if runner.finished_at is not None and now - runner.finished_at > grace_s:
                 self.streams.pop(stream_id, None)
+                self._trimmed.discard(stream_id)
+        return newly_finished
 
     async def stop_all(self) -> None:
         await asyncio.gather(*(s.stop() for s in list(self.streams.values())))

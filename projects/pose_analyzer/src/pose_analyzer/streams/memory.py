@@ -39,7 +39,7 @@ def _libc() -> ctypes.CDLL | None:
 def limit_arenas(count: int = 2) -> bool:
     """Cap glibc's malloc arenas for threads created from now on; True if applied."""
     libc = _libc()
-    if libc is None:
+    if libc is None or count <= 0:
         return False
     return bool(libc.mallopt(M_ARENA_MAX, count))
 
