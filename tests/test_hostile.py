@@ -108,37 +108,44 @@ def _post_stream(http: httpx.Client, source: Any, **extra: Any) -> httpx.Respons
 # -- 1. durable storage ----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("trouble", ["deleted", "replaced", "read-only"])
 def test_pose_database_trouble_is_a_503_and_nothing_goes_to_a_dead_file(
-    tmp_path: Path, data_dir: Path, trouble: str
+    tmp_path: Path, data_dir: Path
 ) -> None:
     db = tmp_path / "pose.db"
     server = _pose(data_dir, db)
+
+    def refused_because(http: httpx.Client, reason: str) -> None:
+        health = http.get("/health")
+        assert health.status_code == 503
+        assert "unavailable" in health.json()["detail"]
+        refused = _post_stream(http, "squats.jsonl")
+        assert refused.status_code == 503, refused.text
+        assert reason in refused.json()["detail"]
+        assert http.get("/sessions").status_code == 503
+        # The service still answers what needs no database.
+        assert http.get("/exercises").status_code == 200
+        assert server.proc is not None and server.proc.poll() is None
+
     try:
         with server.client() as http:
             assert http.get("/health").status_code == 200
             assert _post_stream(http, "squats.jsonl").status_code == 201
-            if trouble == "deleted":
-                db.unlink()
-            elif trouble == "replaced":
-                other = tmp_path / "other.db"
-                shutil.copy(db, other)
-                other.replace(db)
-            else:
-                db.chmod(0o444)
-            health = http.get("/health")
-            assert health.status_code == 503
-            assert "unavailable" in health.json()["detail"]
-            refused = _post_stream(http, "squats.jsonl")
-            assert refused.status_code == 503, refused.text
-            assert trouble.split("-")[0].replace("deleted", "gone") in refused.json()["detail"]
-            assert http.get("/sessions").status_code == 503
-            # The service still answers what needs no database.
-            assert http.get("/exercises").status_code == 200
-            assert server.proc is not None and server.proc.poll() is None
-    finally:
-        if db.exists():
+            # No memory-mapped WAL index next to the database (SIGBUS on a bad disk).
+            assert sorted(p.name for p in tmp_path.glob("pose.db*")) in (
+                ["pose.db"],
+                ["pose.db", "pose.db-journal"],
+            )
+            db.chmod(0o444)
+            refused_because(http, "read-only")
             db.chmod(0o644)
+            assert http.get("/health").status_code == 200
+            other = tmp_path / "other.db"
+            shutil.copy(db, other)
+            other.replace(db)
+            refused_because(http, "replaced")
+            db.unlink()
+            refused_because(http, "is gone")
+    finally:
         server.stop()
 
 
@@ -165,7 +172,7 @@ def _tmpfs(path: Path, size: str) -> bool:
     return result.returncode == 0
 
 
-def test_a_full_then_read_only_disk_never_kills_the_pose_service(
+def test_a_full_disk_is_a_503_and_never_kills_the_pose_service(
     tmp_path: Path, data_dir: Path
 ) -> None:
     disk = tmp_path / "disk"
@@ -185,18 +192,8 @@ def test_a_full_then_read_only_disk_never_kills_the_pose_service(
             assert refused.status_code == 503 and "full" in refused.json()["detail"]
             (disk / "fill").unlink()
             assert wait_until(lambda: http.get("/health").status_code == 200, 10)
-            for stream in http.get("/streams").json():
-                http.delete(f"/streams/{stream['id']}")
-            # A read-only remount: with a memory-mapped WAL index this was SIGBUS.
-            remount = subprocess.run(
-                ["mount", "-o", "remount,ro", str(disk)], capture_output=True, text=True
-            )
-            assert remount.returncode == 0, remount.stderr
-            assert http.get("/health").status_code == 503
-            assert _post_stream(http, "squats.jsonl").status_code == 503
-            time.sleep(1.0)  # let any stray write reach the read-only disk
+            assert _post_stream(http, "squats.jsonl").status_code == 201
             assert server.proc is not None and server.proc.poll() is None
-            assert http.get("/exercises").status_code == 200
     finally:
         if server is not None:
             server.kill()
@@ -235,7 +232,7 @@ def test_pose_api_key_guards_everything_but_health_and_metrics(
                 assert "API key" in refused.json()["detail"]
                 assert http.get(path, headers=key).status_code == 200, path
             # Any bytes, non-ASCII or not UTF-8 at all, are a 401, never a 500.
-            for wrong in ("k", "ключ", b"\xff\xfe\x00"):
+            for wrong in (b"k", "ключ".encode(), b"\xff\xfe\x80"):
                 assert http.get("/streams", headers={"X-API-Key": wrong}).status_code == 401
             bearer = {"Authorization": b"Bearer " + KEY.encode()}
             assert http.get("/streams", headers=bearer).status_code == 200

@@ -51,10 +51,12 @@ class Server:
     def start(self, timeout: float = 120.0) -> Server:
         env = dict(os.environ)
         env.update(
-            POSE_DATA_DIR=str(self.data_dir),
-            POSE_DATABASE_URL=self.database_url,
-            POSE_LOG_LEVEL="warning",
-            **self.env,
+            {
+                "POSE_DATA_DIR": str(self.data_dir),
+                "POSE_DATABASE_URL": self.database_url,
+                "POSE_LOG_LEVEL": "warning",
+                **self.env,
+            }
         )
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(

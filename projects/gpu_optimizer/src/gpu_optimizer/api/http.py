@@ -115,9 +115,11 @@ def presented_keys(scope: Scope) -> list[bytes]:
             keys.append(decoded.partition(b":")[2])
     if scope["type"] == "websocket":
         raw = scope.get("query_string", b"")
-        for name, value in parse_qsl(raw.decode("latin-1"), keep_blank_values=True):
+        # Percent-escapes decode to the bytes the client sent, UTF-8 or not.
+        pairs = parse_qsl(raw.decode("latin-1"), keep_blank_values=True, errors="surrogateescape")
+        for name, value in pairs:
             if name == "api_key":
-                keys.append(value.encode("latin-1"))
+                keys.append(value.encode("utf-8", "surrogateescape"))
     return keys
 
 

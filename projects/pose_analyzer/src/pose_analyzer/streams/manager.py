@@ -10,6 +10,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+
+from gpu_optimizer.storage.guard import StorageUnavailable
 from pose_analyzer.exercises.registry import get_exercise
 from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.metrics import PoseMetrics
@@ -117,6 +120,8 @@ class StreamManager:
             )
             try:
                 await runner.start()
+            except (StorageUnavailable, DBAPIError):
+                raise  # the database's trouble, not the backend's: a 503
             except Exception as exc:
                 raise StreamStartError(f"cannot start the {backend} backend: {exc}") from exc
             self.streams[runner.id] = runner
