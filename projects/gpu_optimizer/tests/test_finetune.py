@@ -495,3 +495,25 @@ def test_hf_estimate_matches_cuda(spec: str, setup: TrainingSetup, dtype: str) -
     assert predicted.predicted_cuda()["max_memory_allocated_bytes"] == pytest.approx(
         allocated, rel=0.10
     )
+
+
+def test_service_request_carries_the_fine_tuning_setup() -> None:
+    """What a worker runs for POST /profiles with LoRA fields: the adapters' AdamW state
+    (3584 x 8 B, every tensor a multiple of 512 B) is in the result."""
+    from gpu_optimizer.api.schemas import ProfileRequest
+    from gpu_optimizer.jobs.worker import run_profile
+
+    body = ProfileRequest.model_validate(
+        {
+            "model": LLAMA,
+            "input_shape": [32],
+            "batch_size": 2,
+            "dtype": "BF16",
+            "lora_r": 8,
+            "lora_targets": ["q_proj", "v_proj"],
+        }
+    )
+    result = run_profile(body.model_dump(mode="json"), lambda _p: None)
+    assert result["setup"]["lora_targets"] == ["q_proj", "v_proj"]
+    assert result["breakdown"]["optimizer_state"] == 3584 * 8
+    assert result["breakdown"]["gradients"] in (0, 3584 * 4)
