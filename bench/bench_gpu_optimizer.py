@@ -13,13 +13,19 @@
    Step times on a shared 2-core machine are noisy: the variants alternate and
    the best of N is kept, but treat differences under ~10% as noise.
    Goal: >= 50% activation memory saved at <= 30% step-time overhead.
-3. Only where CUDA is available: estimated vs measured max_memory_allocated
+3. Estimate time in-process per model (first call in the process, and warm:
+   the median of 3 more), CLI start-up (``gpu-optimizer --help``, an argument
+   error, a first estimate in a fresh process), and a warm estimate through the
+   service (real uvicorn, POST /profiles then polling until done; median of 5
+   after one warm-up job). Goals: --help and argument errors < 0.5 s, a warm
+   service estimate < 1 s.
+4. Only where CUDA is available: estimated vs measured max_memory_allocated
    (resnet50, yolo11n-pose at batch 8 and 32; goal <= 10% error), the finder's
    batch vs the predicted one under a 4 GiB budget, and the swapper's cost.
 
 Single-threaded (torch and BLAS), so figures are comparable on a shared machine.
 
-Usage: python bench/bench_gpu_optimizer.py [--repeats 3] [--batch 8]
+Usage: python bench/bench_gpu_optimizer.py [--repeats 3] [--batch 8] [--only-estimates]
 Writes bench/results/gpu_optimizer.json.
 """
 
@@ -34,6 +40,7 @@ import argparse  # noqa: E402
 import contextlib  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
+import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from datetime import datetime, timezone  # noqa: E402
@@ -231,10 +238,149 @@ def bench_cuda() -> dict[str, object]:
     return out
 
 
+ESTIMATE_MODELS: tuple[tuple[str, tuple[int, ...], int], ...] = (
+    ("resnet50", (3, 224, 224), 32),
+    ("vit_b_16", (3, 224, 224), 32),
+    ("yolo11n-pose.yaml", (3, 640, 640), 16),
+    ("hf:gpt2", (512,), 8),
+    (
+        "hf:llama?hidden_size=2048&intermediate_size=5632&num_hidden_layers=8"
+        "&num_attention_heads=32&num_key_value_heads=4&vocab_size=32000",
+        (512,),
+        8,
+    ),
+)
+
+
+def bench_estimates() -> list[dict[str, object]]:
+    """In-process estimate time per model: the first call (imports, construction) and warm."""
+    import statistics
+
+    from gpu_optimizer.estimator import estimate
+
+    rows = []
+    for model, shape, batch in ESTIMATE_MODELS:
+        start = time.perf_counter()
+        est = estimate(model, shape, batch)
+        first = time.perf_counter() - start
+        warm = []
+        for _ in range(3):
+            start = time.perf_counter()
+            estimate(model, shape, batch)
+            warm.append(time.perf_counter() - start)
+        rows.append(
+            {
+                "model": model.split("?")[0],
+                "input_shape": list(shape),
+                "batch": batch,
+                "peak_bytes": est.peak_bytes,
+                "first_seconds": round(first, 3),
+                "warm_median_seconds": round(statistics.median(warm), 3),
+            }
+        )
+        print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def _timed_cli(args: list[str], repeats: int) -> float:
+    import shutil
+    import statistics
+    import subprocess
+
+    exe = shutil.which("gpu-optimizer") or str(Path(sys.executable).with_name("gpu-optimizer"))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run([exe, *args], capture_output=True, check=False, timeout=600)
+        times.append(time.perf_counter() - start)
+    return round(statistics.median(times), 3)
+
+
+def bench_cli() -> dict[str, object]:
+    """Wall time of fresh ``gpu-optimizer`` processes (medians)."""
+    return {
+        "help_seconds": _timed_cli(["--help"], 5),
+        "argument_error_seconds": _timed_cli(["estimate", "resnet18", "--batch-size", "0"], 5),
+        "first_estimate_resnet18_seconds": _timed_cli(
+            ["estimate", "resnet18", "--input-shape", "3,224,224", "--batch-size", "8"], 3
+        ),
+        "first_estimate_hf_gpt2_seconds": _timed_cli(
+            ["estimate", "hf:gpt2", "--seq-len", "512", "--batch-size", "8"], 1
+        ),
+        "goal_help_seconds": 0.5,
+    }
+
+
+def bench_service_estimate() -> dict[str, object]:
+    """A warm estimate through the real service: POST /profiles, poll to the result."""
+    import socket
+    import statistics
+    import subprocess
+
+    import httpx
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    workdir = Path(tempfile.mkdtemp(prefix="bench_gpu_service_"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GPU_OPT_")}
+    env.pop("DATABASE_URL", None)
+    env.update(
+        {
+            "GPU_OPT_DATA_DIR": str(workdir / "data"),
+            "GPU_OPT_CACHE_DIR": str(workdir / "cache"),
+            "GPU_OPT_RECOMMEND_AT_STARTUP": "false",
+        }
+    )
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "uvicorn", "gpu_optimizer.api:create_app", "--factory"]
+    command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    body = {"model": "resnet18", "input_shape": [3, 224, 224], "batch_size": 8}
+
+    def one() -> float:
+        start = time.perf_counter()
+        job = httpx.post(f"{url}/profiles", json=body, timeout=60).json()
+        while True:
+            state = httpx.get(f"{url}/profiles/{job['id']}", timeout=30).json()["state"]
+            if state not in ("queued", "running"):
+                break
+            time.sleep(0.02)
+        if state != "succeeded":
+            raise RuntimeError(f"service estimate ended {state}")
+        return time.perf_counter() - start
+
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("gpu_optimizer service did not start")
+            time.sleep(0.2)
+        first = one()
+        warm = [one() for _ in range(5)]
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    return {
+        "model": "resnet18 (3,224,224) batch 8",
+        "first_seconds": round(first, 3),
+        "warm_median_seconds": round(statistics.median(warm), 3),
+        "goal_warm_seconds": 1.0,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed steps per variant (best of)")
     parser.add_argument("--batch", type=int, default=8, help="batch size of the checkpointing runs")
+    parser.add_argument(
+        "--only-estimates", action="store_true", help="only estimate, CLI and service timings"
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     results = {
@@ -246,15 +392,25 @@ def main() -> int:
             "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },
-        "planning": bench_planning(),
-        "checkpointing_cpu": bench_checkpointing(args.repeats, args.batch),
-        "cuda": bench_cuda() if torch.cuda.is_available() else None,
-        "goals": {
-            "plan_seconds": PLAN_GOAL_S,
-            "activation_saved_ratio": SAVED_GOAL,
-            "time_overhead_ratio": OVERHEAD_GOAL,
-        },
+        "estimates": bench_estimates(),
+        "cli": bench_cli(),
+        "service_estimate": bench_service_estimate(),
     }
+    if args.only_estimates:
+        previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+        previous.update(results)
+        results = previous
+    else:
+        results |= {
+            "planning": bench_planning(),
+            "checkpointing_cpu": bench_checkpointing(args.repeats, args.batch),
+            "cuda": bench_cuda() if torch.cuda.is_available() else None,
+            "goals": {
+                "plan_seconds": PLAN_GOAL_S,
+                "activation_saved_ratio": SAVED_GOAL,
+                "time_overhead_ratio": OVERHEAD_GOAL,
+            },
+        }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

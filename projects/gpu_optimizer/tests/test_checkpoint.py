@@ -242,3 +242,40 @@ def test_ultralytics_pose_model_checkpoints_in_place() -> None:
     assert checkpointed.keys() == reference.keys()
     for name, grad in reference.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_checkpointed_batchnorm_updates_running_stats_once_per_step() -> None:
+    """ResNet-50, 3 SGD steps, every block checkpointed: the recompute in backward runs each
+    BatchNorm a second time, which must not move its statistics (it did: 1.9x the momentum,
+    ``num_batches_tracked`` +2 a step). Compared with the same model trained without."""
+    import copy
+
+    torch.manual_seed(0)
+    plain = torchvision.models.resnet50(weights=None)
+    ckpt = copy.deepcopy(plain)
+    batches = [
+        torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(i)) for i in range(3)
+    ]
+
+    def train(model: nn.Module) -> None:
+        opt = torch.optim.SGD(model.parameters(), lr=0.01)
+        model.train()
+        for x in batches:
+            model(x).square().mean().backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+    train(plain)
+    with CheckpointManager(ckpt) as manager:
+        manager.apply(discover_blocks(ckpt))
+        assert len(manager.applied) == 16
+        train(ckpt)
+    norms = [(n, m) for n, m in plain.named_modules() if isinstance(m, nn.BatchNorm2d)]
+    other = dict(ckpt.named_modules())
+    assert len(norms) == 53
+    for name, bn in norms:
+        twin = other[name]
+        assert int(twin.num_batches_tracked) == int(bn.num_batches_tracked) == 3, name
+        torch.testing.assert_close(twin.running_mean, bn.running_mean, rtol=0, atol=1e-6)
+        torch.testing.assert_close(twin.running_var, bn.running_var, rtol=0, atol=1e-6)

@@ -70,6 +70,7 @@ def test_breakdown_contract() -> None:
         "max_memory_allocated_bytes",
         "reserved_bytes",
         "device_bytes",
+        "workspace_bytes",
     }
     assert data["predicted_cuda"]["device_bytes"] > data["peak_bytes"]
     per_module = data["per_module"]

@@ -2,7 +2,8 @@
 
 A checkpointed module keeps only its inputs for backward and recomputes its
 inside during backward: memory of its internal activations traded for one
-more forward of that module. The wrapper is an instance attribute
+more forward of that module. Norm layers' running statistics move once per
+step, as without checkpointing (:func:`running_stats_frozen`). The wrapper is an instance attribute
 ``forward`` (the module object, its attributes and hooks stay as they are),
 so models that inspect their own layers, such as Ultralytics' routing by
 ``m.f``/``m.i``, keep working, and removal is deleting that attribute.
@@ -10,15 +11,18 @@ so models that inspect their own layers, such as Ultralytics' routing by
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import functools
 import weakref
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch.nn.modules.batchnorm import _NormBase
+from torch.overrides import _get_current_function_mode_stack
 from torch.utils._pytree import tree_leaves
 from torch.utils.checkpoint import checkpoint
 
@@ -89,19 +93,88 @@ def _selective_context() -> Any:
     return create_selective_checkpoint_contexts(_save_matmuls)
 
 
+@contextlib.contextmanager
+def running_stats_frozen(module: nn.Module) -> Iterator[None]:
+    """Let norm layers in ``module`` run in training mode without moving their running stats.
+
+    The recompute of a checkpointed block is the block's forward a second
+    time; left alone, every BatchNorm in it would update ``running_mean`` /
+    ``running_var`` and ``num_batches_tracked`` twice per step (1.9x the
+    momentum, 2 batches counted): not the training the user asked for. During
+    the recompute the buffers are swapped for throw-away copies, so the ops (and
+    the tensors the backward needs) are exactly those of the first forward.
+    """
+    swapped: list[tuple[nn.Module, str, torch.Tensor]] = []
+    for m in module.modules():
+        if isinstance(m, _NormBase) and m.training and m.track_running_stats:
+            for name in ("running_mean", "running_var", "num_batches_tracked"):
+                buf = getattr(m, name, None)
+                if isinstance(buf, torch.Tensor):
+                    swapped.append((m, name, buf))
+                    setattr(m, name, buf.clone())
+    try:
+        yield
+    finally:
+        for m, name, buf in swapped:
+            setattr(m, name, buf)
+
+
+def _owner(function: Callable[..., Any]) -> nn.Module | None:
+    target = getattr(function, "func", function)  # functools.partial of a bound method
+    owner = getattr(target, "__self__", None)
+    return owner if isinstance(owner, nn.Module) else None
+
+
+def checkpoint_keeping_stats(
+    function: Callable[..., Any],
+    *args: Any,
+    use_reentrant: bool = False,
+    context_fn: Callable[[], Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """``torch.utils.checkpoint.checkpoint`` (non-reentrant) that recomputes without side effects.
+
+    The first call of ``function`` is the forward; any later call is the
+    recompute in backward, run with :func:`running_stats_frozen`. The inputs
+    are reported to active trackers as activations (the checkpoint keeps them).
+    ``use_reentrant`` is accepted for signature compatibility and ignored.
+    """
+    del use_reentrant
+    for leaf in tree_leaves((args, kwargs)):
+        if isinstance(leaf, torch.Tensor):
+            notify_saved(leaf)  # the checkpoint keeps its inputs alive for the recompute
+    module = _owner(function)
+    # Function modes that change which kernels run (the CUDA model) must also be on
+    # during the recompute, which autograd runs without the forward's mode stack.
+    replay = [m for m in _get_current_function_mode_stack() if getattr(m, "replay", False)]
+    calls = 0
+
+    def run(*a: Any, **k: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return function(*a, **k)
+        with contextlib.ExitStack() as stack:
+            active = _get_current_function_mode_stack()
+            for mode in replay:
+                if all(mode is not m for m in active):
+                    stack.enter_context(mode)
+            if module is not None:
+                stack.enter_context(running_stats_frozen(module))
+            return function(*a, **k)
+
+    if context_fn is not None:
+        return checkpoint(run, *args, use_reentrant=False, context_fn=context_fn, **kwargs)
+    return checkpoint(run, *args, use_reentrant=False, **kwargs)
+
+
 def _checkpointed_forward(
     original: Callable[..., Any], policy: str, *args: Any, **kwargs: Any
 ) -> Any:
     if not torch.is_grad_enabled():
         return original(*args, **kwargs)
-    for leaf in tree_leaves((args, kwargs)):
-        if isinstance(leaf, torch.Tensor):
-            notify_saved(leaf)  # the checkpoint keeps its inputs alive for the recompute
-    if policy == "save-matmuls":
-        return checkpoint(
-            original, *args, use_reentrant=False, context_fn=_selective_context, **kwargs
-        )
-    return checkpoint(original, *args, use_reentrant=False, **kwargs)
+    context = _selective_context if policy == "save-matmuls" else None
+    return checkpoint_keeping_stats(original, *args, context_fn=context, **kwargs)
 
 
 @dataclass

@@ -33,17 +33,26 @@ tracked bytes, which the allocator's ``max_memory_allocated`` would report:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from gpu_optimizer.checkpointing import CheckpointManager, discover_blocks
+from gpu_optimizer.cuda_kernels import (
+    CUDNN_WORKSPACE_ALLOWANCE,
+    CudaKernelMode,
+    cublas_workspace_bytes,
+)
+from gpu_optimizer.finetune import TrainingSetup, apply_setup
+from gpu_optimizer.hf import unpacked_batches
 from gpu_optimizer.models import (
     DTYPES,
     ModelBundle,
@@ -51,6 +60,7 @@ from gpu_optimizer.models import (
     build_bundle,
     check_dtype,
     check_optimizer,
+    describe_inputs,
     make_optimizer,
     parse_shape,
 )
@@ -100,6 +110,15 @@ def prime_optimizer(model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
     optimizer.zero_grad(set_to_none=True)
 
 
+def call_model(model: nn.Module, inputs: Any) -> Any:
+    """A dict batch is keyword arguments (Hugging Face style), a tuple positional ones."""
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
 def run_step(
     bundle: ModelBundle,
     optimizer: torch.optim.Optimizer | None,
@@ -111,37 +130,60 @@ def run_step(
     tracker: MemoryTracker | None = None,
     device: torch.device | str = "cpu",
     optimizer_step: bool = True,
+    grad_accum: int = 1,
+    eval_step: bool = False,
+    on_inputs: Callable[[Any], None] | None = None,
 ) -> None:
     """One training step (forward, backward, optimizer step) or one inference forward.
 
     ``optimizer_step=False`` stops after backward and frees the gradients
     untracked: the estimator measures the (batch-independent) optimizer phase once.
+    ``grad_accum > 1`` runs two micro-batches before the step: the second
+    one's forward runs with the first one's gradients alive, and every later
+    micro-batch repeats its memory. ``eval_step`` adds an evaluation forward
+    (no grad, eval mode) after the step, while the optimizer state is alive,
+    as a training loop's periodic evaluation does.
     """
     device = torch.device(device)
     phase: Callable[[str], Any] = tracker.phase if tracker is not None else _no_phase
-    amp_dtype = DTYPES[check_dtype(dtype)]
-    autocast = (
-        torch.autocast(device.type, dtype=amp_dtype)
-        if amp_dtype is not None
-        else contextlib.nullcontext()
-    )
+    dt = check_dtype(dtype)
+    amp_dtype = DTYPES[dt]
+    cast = _HALF.get(dt.split("-")[0]) if "-" in dt else None
+
+    def autocast() -> Any:
+        if amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device.type, dtype=amp_dtype)
+
+    def make() -> Any:
+        inputs = _to_device(bundle.make_input(batch_size, input_shape), device, cast)
+        if on_inputs is not None:
+            on_inputs(inputs)
+        return inputs
+
     model = bundle.model
-    with phase("forward"):
-        inputs = _to_device(bundle.make_input(batch_size, input_shape), device)
-        if mode == "infer":
+    if mode == "infer":
+        with phase("forward"):
+            inputs = make()
             model.eval()
-            with torch.no_grad(), autocast:
-                out = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
+            with torch.no_grad(), autocast():
+                out = call_model(model, inputs)
             del out, inputs
-            return
-        model.train()
-        with autocast:
-            out = model(*inputs) if isinstance(inputs, tuple) else model(inputs)
-            loss = bundle.loss_fn(out, inputs)
-        del out, inputs
-    with phase("backward"):
-        loss.backward()
-        del loss
+        return
+    micro = 1 if grad_accum <= 1 else 2
+    for _ in range(micro):
+        with phase("forward"):
+            inputs = make()
+            model.train()
+            with autocast():
+                out = call_model(model, inputs)
+                loss = bundle.loss_fn(out, inputs)
+                if micro > 1:
+                    loss = loss / grad_accum
+            del out, inputs
+        with phase("backward"):
+            loss.backward()
+            del loss
     if optimizer is not None and optimizer_step:
         with phase("optimizer"):
             optimizer.step()
@@ -149,6 +191,17 @@ def run_step(
     elif optimizer is not None:
         with phase("cleanup"):
             optimizer.zero_grad(set_to_none=True)
+    if eval_step:
+        with phase("eval"):
+            inputs = make()
+            model.eval()
+            with torch.no_grad(), autocast():
+                out = call_model(model, inputs)
+            del out, inputs
+            model.train()
+
+
+_HALF = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @contextlib.contextmanager
@@ -156,15 +209,59 @@ def _no_phase(_name: str) -> Any:
     yield
 
 
-def _to_device(inputs: Any, device: torch.device) -> Any:
+def _to_device(inputs: Any, device: torch.device, cast: torch.dtype | None = None) -> Any:
     if isinstance(inputs, torch.Tensor):
+        if cast is not None and inputs.is_floating_point():
+            return inputs.to(device, cast)
         return inputs.to(device)
+    if isinstance(inputs, dict):
+        return {k: _to_device(v, device, cast) for k, v in inputs.items()}
     if isinstance(inputs, (tuple, list)):
-        return tuple(_to_device(i, device) for i in inputs)
+        return tuple(_to_device(i, device, cast) for i in inputs)
     return inputs
 
 
+class _InputChecks(TorchDispatchMode):
+    """The dtype checks a real kernel makes and a fake tensor's meta function skips.
+
+    Fake tensors carry no values, and some meta functions accept what the CPU
+    or CUDA kernel rejects (float token ids into ``nn.Embedding``): the
+    estimate would silently describe another model. Raised as a spec error
+    naming the inputs ``make_input`` produced.
+    """
+
+    _INDEX_OPS: ClassVar[dict[Any, tuple[int, tuple[torch.dtype, ...], str]]] = {
+        torch.ops.aten.embedding.default: (1, (torch.int64, torch.int32), "token ids"),
+        torch.ops.aten.nll_loss_forward.default: (1, (torch.int64,), "class labels"),
+        torch.ops.aten.nll_loss2d_forward.default: (1, (torch.int64,), "class labels"),
+        torch.ops.aten.gather.default: (2, (torch.int64,), "gather indices"),
+        torch.ops.aten.index_select.default: (2, (torch.int64, torch.int32), "indices"),
+    }
+
+    def __init__(self, spec: str) -> None:
+        super().__init__()
+        self.spec = spec
+        self.inputs = "?"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        rule = self._INDEX_OPS.get(func)
+        if rule is not None:
+            pos, allowed, what = rule
+            index = args[pos] if len(args) > pos else None
+            if isinstance(index, torch.Tensor) and index.dtype not in allowed:
+                names = "/".join(str(a).removeprefix("torch.") for a in allowed)
+                raise ModelSpecError(
+                    f"{self.spec}: {func.overloadpacket.__name__} got {what} of dtype "
+                    f"{str(index.dtype).removeprefix('torch.')} (needs {names}), which a real "
+                    f"step rejects; the input spec gave {self.inputs}: make_input must return "
+                    "integer token ids / labels (for hf: models use --seq-len)"
+                )
+        return func(*args, **(kwargs or {}))
+
+
 # -- estimation -----------------------------------------------------------------
+
+Target = Literal["cuda", "cpu"]
 
 
 @dataclass
@@ -180,13 +277,32 @@ class Estimate:
     plan: str
     report: MemoryReport
     overhead: CudaOverheadModel
+    target: str = "cuda"
+    setup: TrainingSetup = field(default_factory=TrainingSetup)
+    notes: list[str] = field(default_factory=list)
+    step_checks: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def peak_bytes(self) -> int:
         return self.report.peak_bytes
 
+    @property
+    def activation_bytes_per_sample(self) -> int:
+        """Activation peak over the (micro-)batch: one micro-batch's are alive at a time."""
+        return self.report.activation_peak_bytes // max(self.batch_size, 1)
+
+    def predicted_cuda(self) -> dict[str, int]:
+        peak = max([self.report.peak_bytes, *self.step_checks.values()])
+        return {
+            "max_memory_allocated_bytes": peak + self.overhead.workspace_bytes,
+            "reserved_bytes": self.overhead.reserved_bytes(peak),
+            "device_bytes": self.overhead.device_bytes(peak),
+            "workspace_bytes": self.overhead.workspace_bytes,
+        }
+
     def to_dict(self, *, per_module: bool = True) -> dict[str, Any]:
-        out = {
+        out: dict[str, Any] = {
             "model": self.model,
             "input_shape": list(self.input_shape),
             "batch_size": self.batch_size,
@@ -194,13 +310,15 @@ class Estimate:
             "dtype": self.dtype,
             "mode": self.mode,
             "plan": self.plan,
+            "target": self.target,
+            "setup": self.setup.to_dict(),
         }
         out.update(self.report.to_dict(per_module=per_module))
-        out["predicted_cuda"] = {
-            "max_memory_allocated_bytes": self.report.peak_bytes + self.overhead.workspace_bytes,
-            "reserved_bytes": self.overhead.reserved_bytes(self.report.peak_bytes),
-            "device_bytes": self.overhead.device_bytes(self.report.peak_bytes),
-        }
+        out["activation_peak"]["bytes_per_sample"] = self.activation_bytes_per_sample
+        out["predicted_cuda"] = self.predicted_cuda()
+        out["notes"] = list(self.notes)
+        out["step_checks"] = dict(self.step_checks)
+        out["warnings"] = list(self.warnings)
         return out
 
 
@@ -208,32 +326,58 @@ class _Session:
     """A model built once (fake or real) with its optimizer, reused across runs."""
 
     def __init__(
-        self, spec: str, optimizer: str, mode: Mode, *, fake: bool, device: str = "cpu"
+        self,
+        spec: str,
+        optimizer: str,
+        mode: Mode,
+        *,
+        fake: bool,
+        device: str = "cpu",
+        dtype: str = "fp32",
+        setup: TrainingSetup | None = None,
+        target: Target | None = None,
+        capability: tuple[int, int] | None = None,
+        prime: bool = True,
     ) -> None:
         self.spec = spec
         self.fake_mode = FakeTensorMode(allow_non_fake_inputs=True) if fake else None
         self.device = torch.device(device)
+        self.dtype = check_dtype(dtype)
+        self.setup = setup or TrainingSetup()
+        self.target: Target = target or ("cuda" if fake else "cpu")
+        self.cuda_model = fake and self.target == "cuda"
+        self.capability = capability
+        self.notes: list[str] = []
         ctx = self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
-        self.bundle = build_bundle(spec, fake_mode=self.fake_mode)
+        bundle = build_bundle(spec, fake_mode=self.fake_mode)
+        bundle.model = apply_setup(bundle.model, self.setup, self.dtype, spec, self.fake_mode)
+        self.bundle = bundle
         with ctx:
             if not fake:
                 self.bundle.model.to(self.device)
             self.optimizer = None
             if mode == "train":
-                self.optimizer = make_optimizer(optimizer, self.bundle.model.parameters())
-                prime_optimizer(self.bundle.model, self.optimizer)
+                self.optimizer = make_optimizer(
+                    optimizer, self.bundle.model.parameters(), dtype=self.dtype
+                )
+                if prime:
+                    prime_optimizer(self.bundle.model, self.optimizer)
         self.mode = mode
+        self.has_conv = any(
+            isinstance(m, nn.modules.conv._ConvNd) for m in self.bundle.model.modules()
+        )
 
     def tracked_step(
         self,
         batch_size: int,
         input_shape: tuple[int, ...],
-        dtype: str,
+        dtype: str | None = None,
         *,
         plan: str,
         round_to: int,
         optimizer_step: bool = True,
         limit_bytes: int | None = None,
+        eval_step: bool = False,
     ) -> MemoryReport:
         ctx = self.fake_mode if self.fake_mode is not None else contextlib.nullcontext()
         tracker = MemoryTracker(
@@ -242,11 +386,17 @@ class _Session:
             device=self.device,
             round_to=round_to,
             limit_bytes=limit_bytes,
+            host_step_scalars=self.cuda_model,
         )
+        checks = _InputChecks(self.spec) if self.fake_mode is not None else None
+        kernels = CudaKernelMode(self.capability) if self.cuda_model else None
         # The tracker goes outermost: saved-tensor hooks entered later (the plan's) take precedence.
         with (
             ctx,
             tracker,
+            checks if checks is not None else contextlib.nullcontext(),
+            kernels if kernels is not None else contextlib.nullcontext(),
+            unpacked_batches(),
             _plan_context(plan, self.bundle.model, simulate=self.fake_mode is not None),
         ):
             try:
@@ -256,10 +406,15 @@ class _Session:
                     batch_size,
                     input_shape,
                     mode=self.mode,
-                    dtype=dtype,
+                    dtype=dtype or self.dtype,
                     tracker=tracker,
                     device=self.device,
                     optimizer_step=optimizer_step,
+                    grad_accum=self.setup.grad_accum,
+                    eval_step=eval_step,
+                    on_inputs=(lambda i: setattr(checks, "inputs", describe_inputs(i)))
+                    if checks is not None
+                    else None,
                 )
             except Exception as exc:
                 if is_oom(exc) or isinstance(exc, ModelSpecError):
@@ -269,7 +424,18 @@ class _Session:
                     f"{self.spec} failed at batch size {batch_size} with input shape "
                     f"{','.join(map(str, input_shape))}: {first_line}"
                 ) from exc
+        self.notes = kernels.summary() if kernels is not None else []
         return tracker.report()
+
+    def overhead(self, base: CudaOverheadModel | None) -> CudaOverheadModel:
+        """The overhead model for this step: cuBLAS handles used, cuDNN allowance if convs."""
+        if base is not None:
+            return base
+        handles = 2 if self.mode == "train" else 1
+        workspace = cublas_workspace_bytes(self.capability, handles)
+        if self.has_conv:
+            workspace += CUDNN_WORKSPACE_ALLOWANCE
+        return dataclasses.replace(DEFAULT_OVERHEAD, workspace_bytes=workspace)
 
 
 @contextlib.contextmanager
@@ -277,6 +443,14 @@ def _plan_context(plan: str, model: nn.Module, *, simulate: bool) -> Any:
     if plan == "plain":
         yield
     elif plan == "checkpointing":
+        from gpu_optimizer.hf import disable_gradient_checkpointing, enable_gradient_checkpointing
+
+        if enable_gradient_checkpointing(model):
+            try:
+                yield
+            finally:
+                disable_gradient_checkpointing(model)
+            return
         with CheckpointManager(model) as manager:
             manager.apply(discover_blocks(model))
             yield
@@ -300,21 +474,81 @@ def estimate(
     plan: str = "plain",
     fake: bool = True,
     round_to: int = CUDA_BLOCK_BYTES,
-    overhead: CudaOverheadModel = DEFAULT_OVERHEAD,
+    overhead: CudaOverheadModel | None = None,
+    setup: TrainingSetup | None = None,
+    target: Target | None = None,
+    compute_capability: tuple[int, int] | None = None,
+    check_steps: bool = False,
 ) -> Estimate:
     """Breakdown of one step of ``model`` at ``batch_size``, without a GPU.
 
     ``fake=False`` runs the same step for real on the CPU, which is the ground
-    truth the fake run is tested against.
+    truth the fake run is tested against. ``target`` ("cuda" by default for a
+    fake run, "cpu" for a real one) selects whose kernels are modelled: for
+    CUDA, attention and dropout as CUDA allocates them and Adam's step
+    counters on the host (:mod:`gpu_optimizer.cuda_kernels`).
+
+    ``check_steps`` also runs the two steps of a training loop that can set a
+    higher peak than the steady step: an evaluation forward with the
+    optimizer state alive, and the first step (optimizer state allocated
+    while gradients are alive); their peaks go to ``step_checks`` and a
+    warning names each that is above the steady step.
     """
     shape = parse_shape(input_shape)
     if batch_size < 1:
         raise ValueError(f"batch size must be >= 1, got {batch_size}")
     opt = check_optimizer(optimizer)
     dt = check_dtype(dtype)
-    session = _Session(model, opt, mode, fake=fake)
-    report = session.tracked_step(batch_size, shape, dt, plan=plan, round_to=round_to)
-    return Estimate(model, shape, batch_size, opt, dt, mode, plan, report, overhead)
+    setup = setup or TrainingSetup()
+    common: dict[str, Any] = {
+        "fake": fake,
+        "dtype": dt,
+        "setup": setup,
+        "target": target,
+        "capability": compute_capability,
+    }
+    session = _Session(model, opt, mode, **common)
+    report = session.tracked_step(batch_size, shape, plan=plan, round_to=round_to)
+    est = Estimate(
+        model,
+        shape,
+        batch_size,
+        opt,
+        dt,
+        mode,
+        plan,
+        report,
+        session.overhead(overhead),
+        session.target,
+        setup,
+        list(session.notes),
+    )
+    if session.has_conv and session.cuda_model and overhead is None:
+        est.notes.append(
+            "cuDNN convolution workspaces depend on the algorithm cuDNN picks on the card: "
+            f"counted as a {CUDNN_WORKSPACE_ALLOWANCE >> 20} MiB allowance"
+        )
+    if check_steps and mode == "train":
+        evaluated = session.tracked_step(
+            batch_size, shape, plan=plan, round_to=round_to, eval_step=True
+        )
+        est.step_checks["eval"] = evaluated.phase_peaks.get("eval", 0)
+        first = _Session(model, opt, mode, prime=False, **common)
+        est.step_checks["first_step"] = first.tracked_step(
+            batch_size, shape, plan=plan, round_to=round_to
+        ).peak_bytes
+        for name, peak in est.step_checks.items():
+            if peak > report.peak_bytes:
+                what = (
+                    "an evaluation step (optimizer state alive)"
+                    if name == "eval"
+                    else "the first optimizer step (its state is allocated then)"
+                )
+                est.warnings.append(
+                    f"{what} peaks at {peak} bytes, {peak - report.peak_bytes} above the "
+                    "steady training step: plan for it"
+                )
+    return est
 
 
 # -- batch-size model -------------------------------------------------------------
@@ -400,12 +634,13 @@ def batch_memory_model(
     mode: Mode = "train",
     plans: tuple[str, ...] = PLANS,
     batches: tuple[int, int] = (2, 4),
+    setup: TrainingSetup | None = None,
 ) -> dict[str, BatchMemoryModel]:
     """Fit memory(batch) for each plan from two fake steps per plan, on one built model."""
     shape = parse_shape(input_shape)
     opt = check_optimizer(optimizer)
     dt = check_dtype(dtype)
-    session = _Session(model, opt, mode, fake=True)
+    session = _Session(model, opt, mode, fake=True, dtype=dt, setup=setup)
     b1, b2 = batches
     fitted: dict[str, BatchMemoryModel] = {}
     floor = 0

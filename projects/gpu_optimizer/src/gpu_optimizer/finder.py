@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from gpu_optimizer.estimator import Mode, _Session
+from gpu_optimizer.finetune import TrainingSetup
 from gpu_optimizer.models import check_dtype, check_optimizer, parse_shape
 from gpu_optimizer.profiler import free_memory
 from gpu_optimizer.tracker import is_oom
@@ -100,6 +101,7 @@ def find_batch_size(
     min_batch: int = 1,
     max_batch: int = 4096,
     steps_per_trial: int = 1,
+    setup: TrainingSetup | None = None,
 ) -> FinderResult:
     """Find the largest batch that runs ``steps_per_trial`` steps within the memory limit.
 
@@ -118,7 +120,7 @@ def find_batch_size(
     if budget_bytes is None and dev.type != "cuda":
         raise ValueError("on a non-CUDA device the finder needs an explicit memory budget")
     limit = int(budget_bytes * (1.0 - margin)) if budget_bytes is not None else None
-    session = _Session(model, opt, mode, fake=False, device=str(dev))
+    session = _Session(model, opt, mode, fake=False, device=str(dev), dtype=dt, setup=setup)
     round_to = 512 if dev.type == "cuda" else 1
 
     def try_batch(b: int) -> Trial:

@@ -7,11 +7,15 @@ Accepted specs (docs/api.md, the gpu_optimizer CLI in README.md):
   model class from ``ultralytics.nn.tasks`` (random weights);
 - ``path/to/file.py:factory`` or ``package.module:factory``, where the factory
   returns an ``nn.Module`` or a dict ``{"model": ..., "make_input": ...,
-  "loss": ...}``.
+  "loss": ...}``; ``make_input`` may return a tensor, a tuple (positional
+  arguments) or a dict (keyword arguments, as Hugging Face batches are);
+- ``hf:ARCH`` or ``hf:path/to/config.json`` (see :mod:`gpu_optimizer.hf`).
 
-The default loss is the sum of every floating-point output. It is not a real
-training loss, but it sends a dense gradient into every output, which is what
-decides backward memory; real losses add only output-sized temporaries.
+When the model's output carries a ``loss`` (a dict or a transformers
+``ModelOutput``), that is the loss. Otherwise the default loss is the sum of
+every floating-point output. It is not a real training loss, but it sends a
+dense gradient into every output, which is what decides backward memory; real
+losses add only output-sized temporaries.
 """
 
 from __future__ import annotations
@@ -30,11 +34,17 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw")
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam", "adamw", "adamw8bit")
+# Autocast dtype per precision: plain bf16/fp16 are autocast over fp32 weights (the
+# master weights); "-true" and "-master" cast the model itself (gpu_optimizer.finetune).
 DTYPES: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
+    "bf16-true": None,
+    "fp16-true": None,
+    "bf16-master": None,
+    "fp16-master": None,
 }
 
 
@@ -51,7 +61,13 @@ def default_make_input(batch_size: int, input_shape: tuple[int, ...]) -> torch.T
 
 
 def default_loss(output: Any, _inputs: Any) -> torch.Tensor:
-    """Sum of all floating outputs: a dense gradient into every output, like a real loss."""
+    """The model's own ``loss`` if it returned one, else the sum of all floating outputs.
+
+    The sum sends a dense gradient into every output, as a real loss does.
+    """
+    own = output.get("loss") if isinstance(output, dict) else None
+    if isinstance(own, torch.Tensor) and own.is_floating_point():
+        return own
     leaves = [
         t for t in tree_leaves(output) if isinstance(t, torch.Tensor) and t.is_floating_point()
     ]
@@ -107,13 +123,30 @@ def check_dtype(name: str) -> str:
     return key
 
 
-def make_optimizer(name: str, params: Any, *, foreach: bool | None = True) -> torch.optim.Optimizer:
+def make_optimizer(
+    name: str, params: Any, *, foreach: bool | None = True, dtype: str = "fp32"
+) -> torch.optim.Optimizer:
     """The optimizers we plan for. SGD means SGD with momentum (one state buffer per parameter).
 
     ``foreach=True`` by default because it is what PyTorch picks on CUDA, and its
-    grouped kernels allocate temporaries the per-tensor loop does not.
+    grouped kernels allocate temporaries the per-tensor loop does not. Only
+    parameters that require a gradient are handed over (frozen ones get no
+    state). ``adamw8bit`` is bitsandbytes' state layout (gpu_optimizer.finetune);
+    a ``-master`` dtype wraps the optimizer so it keeps fp32 master weights.
     """
     key = check_optimizer(name)
+    trainable = [p for p in params if p.requires_grad]
+    if check_dtype(dtype).endswith("-master"):
+        from gpu_optimizer.finetune import MasterWeightOptimizer
+
+        return MasterWeightOptimizer(
+            trainable, lambda masters: make_optimizer(key, masters, foreach=foreach)
+        )
+    params = trainable
+    if key == "adamw8bit":
+        from gpu_optimizer.finetune import AdamW8bitPlan
+
+        return AdamW8bitPlan(params)
     if key == "sgd":
         return torch.optim.SGD(params, lr=1e-3, momentum=0.9, foreach=foreach)
     if key == "adam":
@@ -214,6 +247,10 @@ def resolve_builder(spec: str) -> Callable[[], ModelBundle]:
     spec = spec.strip()
     if not spec:
         raise ModelSpecError("empty model spec")
+    if spec.startswith("hf:"):
+        from gpu_optimizer.hf import hf_builder
+
+        return hf_builder(spec)
     if spec.endswith((".yaml", ".yml")):
         build = _ultralytics_builder(spec)
         return lambda: ModelBundle(build())
@@ -235,20 +272,36 @@ def _real_model(spec: str) -> ModelBundle:
 
 
 def to_fake(module: nn.Module, fake_mode: Any) -> nn.Module:
-    """Replace a real module's parameters and buffers by fake tensors, in place."""
+    """Replace a real module's parameters and buffers by fake tensors, in place.
+
+    A parameter shared by several modules (tied embedding and output layer)
+    becomes one fake parameter shared the same way: one gradient, one
+    optimizer state, as in the real model.
+    """
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    memo: dict[int, torch.Tensor] = {}
     for sub in module.modules():
         for key, p in list(sub._parameters.items()):
-            if p is not None:
-                sub._parameters[key] = nn.Parameter(
-                    fake_mode.from_tensor(p), requires_grad=p.requires_grad
-                )
+            if p is not None and not isinstance(p, FakeTensor):
+                if id(p) not in memo:
+                    memo[id(p)] = nn.Parameter(
+                        fake_mode.from_tensor(p), requires_grad=p.requires_grad
+                    )
+                sub._parameters[key] = memo[id(p)]  # type: ignore[assignment]
         for key, b in list(sub._buffers.items()):
-            if b is not None:
-                sub._buffers[key] = fake_mode.from_tensor(b)
+            if b is not None and not isinstance(b, FakeTensor):
+                if id(b) not in memo:
+                    memo[id(b)] = fake_mode.from_tensor(b)
+                sub._buffers[key] = memo[id(b)]
         # Plain tensor attributes (Ultralytics' ``stride``) become fake constants: their
         # values stay readable, which code computing shapes from them needs.
         for key, value in list(vars(sub).items()):
-            if isinstance(value, torch.Tensor) and not key.startswith("_"):
+            if (
+                isinstance(value, torch.Tensor)
+                and not key.startswith("_")
+                and not isinstance(value, FakeTensor)
+            ):
                 converter = fake_mode.fake_tensor_converter
                 setattr(sub, key, converter.from_real_tensor(fake_mode, value, make_constant=True))
     return module
@@ -274,3 +327,18 @@ def build_bundle(spec: str, *, fake_mode: Any | None = None) -> ModelBundle:
             pass
     real = _real_model(spec)
     return ModelBundle(to_fake(copy.deepcopy(real.model), fake_mode), real.make_input, real.loss_fn)
+
+
+def describe_inputs(inputs: Any) -> str:
+    """``input_ids: float32[2, 16], labels: int64[2, 16]``: the input spec, for error messages."""
+
+    def one(t: Any) -> str:
+        if isinstance(t, torch.Tensor):
+            return f"{str(t.dtype).removeprefix('torch.')}{list(t.shape)}"
+        return type(t).__name__
+
+    if isinstance(inputs, dict):
+        return ", ".join(f"{k}: {one(v)}" for k, v in inputs.items())
+    if isinstance(inputs, (tuple, list)):
+        return ", ".join(f"arg{i}: {one(v)}" for i, v in enumerate(inputs))
+    return f"input: {one(inputs)}"

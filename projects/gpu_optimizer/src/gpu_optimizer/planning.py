@@ -23,7 +23,7 @@ import json
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,6 +38,7 @@ from gpu_optimizer.estimator import (
     CudaOverheadModel,
     batch_memory_model,
 )
+from gpu_optimizer.finetune import TrainingSetup
 from gpu_optimizer.machines import MachineProfile, load_machine_profiles
 from gpu_optimizer.models import check_dtype, check_optimizer, parse_shape
 
@@ -55,6 +56,7 @@ class Workload:
     mode: Literal["train", "infer"]
     optimizer: str = "adamw"
     dtype: str = "fp32"
+    setup: TrainingSetup = field(default_factory=TrainingSetup)
 
 
 DEFAULT_WORKLOADS: tuple[Workload, ...] = (
@@ -89,8 +91,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get(CACHE_DIR_ENV) or Path.home() / ".cache" / "gpu_optimizer")
 
 
+def _versions(*names: str) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "none"
+    return out
+
+
 def _cache_file(workload: Workload) -> Path | None:
-    if ":" in workload.model:
+    builtin_hf = (
+        workload.model.startswith("hf:")
+        and not workload.model.split("?")[0].endswith(".json")
+        and "/" not in workload.model
+    )
+    if ":" in workload.model and not builtin_hf:
         return None
     try:
         ultralytics_version = importlib.metadata.version("ultralytics")
@@ -102,7 +119,8 @@ def _cache_file(workload: Workload) -> Path | None:
             "torch": torch.__version__,
             "ultralytics": ultralytics_version,
             "gpu_optimizer": __version__,
-            "format": 2,
+            **_versions("transformers", "peft"),
+            "format": 3,
         },
         sort_keys=True,
     )
@@ -149,6 +167,7 @@ def _fitted(workload: Workload) -> dict[str, BatchMemoryModel]:
         dtype=workload.dtype,
         mode=workload.mode,
         plans=plans,
+        setup=workload.setup,
     )
     if file is not None:
         try:
@@ -173,9 +192,7 @@ def _validate(workload: Workload) -> Workload:
 
 
 def _replace_shape(workload: Workload, shape: tuple[int, ...]) -> Workload:
-    return Workload(
-        workload.name, workload.model, shape, workload.mode, workload.optimizer, workload.dtype
-    )
+    return dataclasses.replace(workload, input_shape=shape)
 
 
 def choose_plan(plain: int, checkpointing: int, offload: int) -> tuple[str, int]:

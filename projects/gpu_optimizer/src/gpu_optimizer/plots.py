@@ -82,3 +82,43 @@ def plot_modules(report: MemoryReport, path: str | Path, top: int = 25, title: s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+TENSORBOARD_POINTS = 2000
+
+
+def _bucket_max(curve: np.ndarray, points: int) -> tuple[np.ndarray, np.ndarray]:
+    """At most ``points`` (event index, max of the bucket) pairs: the peak always survives."""
+    if len(curve) <= points:
+        return np.arange(len(curve)), curve
+    edges = np.linspace(0, len(curve), points + 1).astype(np.int64)
+    steps = edges[:-1]
+    return steps, np.maximum.reduceat(curve, steps)
+
+
+def write_tensorboard(report: MemoryReport, directory: Path, tag: str = "memory") -> Path:
+    """The step's memory timeline and per-phase peaks as TensorBoard scalars.
+
+    Scalars ``{tag}/live_bytes`` and ``{tag}/{category}_bytes`` over the
+    allocation events (bucketed to at most 2000 points by their maximum),
+    ``{tag}/phase_peak/{phase}``, ``{tag}/peak_bytes`` and
+    ``{tag}/activation_peak_bytes``: open with ``tensorboard --logdir DIR``.
+    """
+    from torch.utils.tensorboard import SummaryWriter
+
+    directory.mkdir(parents=True, exist_ok=True)
+    writer = SummaryWriter(log_dir=str(directory))
+    try:
+        curves = {"live_bytes": report.timeline}
+        curves.update({f"{c}_bytes": report.category_timeline[c] for c in CATEGORIES})
+        for name, curve in curves.items():
+            steps, values = _bucket_max(np.asarray(curve), TENSORBOARD_POINTS)
+            for step, value in zip(steps.tolist(), values.tolist(), strict=True):
+                writer.add_scalar(f"{tag}/{name}", float(value), int(step))
+        for phase, peak in report.phase_peaks.items():
+            writer.add_scalar(f"{tag}/phase_peak/{phase}", float(peak), 0)
+        writer.add_scalar(f"{tag}/peak_bytes", float(report.peak_bytes), 0)
+        writer.add_scalar(f"{tag}/activation_peak_bytes", float(report.activation_peak_bytes), 0)
+    finally:
+        writer.close()
+    return directory

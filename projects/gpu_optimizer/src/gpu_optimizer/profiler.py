@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from gpu_optimizer.estimator import Mode, _Session
+from gpu_optimizer.finetune import TrainingSetup
 from gpu_optimizer.models import check_dtype, check_optimizer, parse_shape
 from gpu_optimizer.tracker import MemoryReport, is_oom
 
@@ -84,15 +85,19 @@ def profile(
     mode: Mode = "train",
     snapshot_path: str | Path | None = None,
     budget_bytes: int | None = None,
+    setup: TrainingSetup | None = None,
 ) -> ProfileResult:
     """Run and track one real step on ``device``.
 
     ``budget_bytes`` makes the tracker fail the step like an OOM once its
     tensors pass that many bytes (a smaller device, on any device).
 
-    ``snapshot_path`` (CUDA only) writes a pickle loadable at
+    ``snapshot_path`` (CUDA only) writes the allocator's history
+    (``torch.cuda.memory._record_memory_history``) as a pickle loadable at
     https://pytorch.org/memory_viz, PyTorch's memory visualizer.
     """
+    if snapshot_path is not None and torch.device(device).type != "cuda":
+        raise ValueError("a memory snapshot records the CUDA allocator: it needs device cuda")
     shape = parse_shape(input_shape)
     opt = check_optimizer(optimizer)
     dt = check_dtype(dtype)
@@ -104,7 +109,7 @@ def profile(
     )
     session: _Session | None = None
     try:
-        session = _Session(model, opt, mode, fake=False, device=str(dev))
+        session = _Session(model, opt, mode, fake=False, device=str(dev), dtype=dt, setup=setup)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
             torch.cuda.reset_peak_memory_stats(dev)

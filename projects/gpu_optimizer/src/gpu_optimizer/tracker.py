@@ -119,6 +119,12 @@ class MemoryReport:
     timeline_phases: list[str] = field(repr=False)
     category_timeline: dict[str, np.ndarray] = field(repr=False)
     allocator: dict[str, int] | None = None
+    # The activation peak (the end of forward, for a training step): live bytes per
+    # category then, and the modules holding the most activations.
+    activation_peak_bytes: int = 0
+    activation_peak_phase: str = ""
+    activation_peak_breakdown: dict[str, int] = field(default_factory=dict)
+    top_activation_modules: list[tuple[str, int]] = field(default_factory=list)
 
     def to_dict(self, *, per_module: bool = True) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -128,6 +134,14 @@ class MemoryReport:
             "peak_module": self.peak_module,
             "breakdown": dict(self.breakdown),
             "phase_peaks": dict(self.phase_peaks),
+            "activation_peak": {
+                "bytes": self.activation_peak_bytes,
+                "phase": self.activation_peak_phase,
+                "breakdown": dict(self.activation_peak_breakdown),
+                "top_modules": [
+                    {"module": m, "activation_bytes": b} for m, b in self.top_activation_modules
+                ],
+            },
         }
         if per_module:
             out["per_module"] = {m: dict(v) for m, v in self.per_module.items()}
@@ -156,6 +170,9 @@ class MemoryTracker:
     (default: the device of the model's first parameter). ``round_to`` models
     allocator rounding (use 512 for CUDA). ``limit_bytes`` makes the tracker
     raise :class:`MemoryBudgetExceeded` when live bytes go above it.
+    ``host_step_scalars`` leaves out the optimizers' ``step`` counters, which
+    CUDA keeps on the host (estimates for CUDA run on the CPU, where they
+    would count).
     """
 
     def __init__(
@@ -166,8 +183,10 @@ class MemoryTracker:
         device: torch.device | str | None = None,
         round_to: int = 1,
         limit_bytes: int | None = None,
+        host_step_scalars: bool = False,
     ) -> None:
         self.model = model
+        self.host_step_scalars = host_step_scalars
         self.optimizer = optimizer
         if device is None and model is not None:
             first = next(itertools.chain(model.parameters(), model.buffers()), None)
@@ -308,9 +327,21 @@ class MemoryTracker:
             return
         for p, state in self.optimizer.state.items():
             owner = self._param_modules.get(id(p), "")
+            if self.host_step_scalars and isinstance(state, dict):
+                step = state.get("step")
+                if isinstance(step, torch.Tensor) and step.numel() == 1:
+                    self._uncount(step)
+                state = {k: v for k, v in state.items() if k != "step"}
             for value in tree_leaves(state):
                 if isinstance(value, torch.Tensor):
                     self._classify(value, "optimizer_state", owner)
+
+    def _uncount(self, t: torch.Tensor) -> None:
+        """Stop counting a storage (a host-side scalar): its bytes leave the live total."""
+        info = self._observe(t)
+        if info.counted:
+            self._record(info, -info.nbytes)
+            info.counted = False
 
     def _scan_grads(self) -> None:
         if self.model is None:
@@ -405,6 +436,14 @@ class MemoryTracker:
             category_timeline[cat] = np.cumsum(np.where(mask, deltas, 0))
         per_module = self.live_at(self._peak_event)
         breakdown = {c: sum(m[c] for m in per_module.values()) for c in CATEGORIES}
+        acts = category_timeline["activations"]
+        act_event = int(np.argmax(acts)) if len(acts) and acts.max() > 0 else -1
+        at_act = self.live_at(act_event) if act_event >= 0 else {}
+        top = sorted(
+            ((m, v["activations"]) for m, v in at_act.items() if v["activations"] > 0),
+            key=lambda kv: kv[1],
+            reverse=True,
+        )[:20]
         final_breakdown = {
             cat: int(curve[-1]) if len(curve) else 0 for cat, curve in category_timeline.items()
         }
@@ -424,6 +463,10 @@ class MemoryTracker:
             timeline_phases=list(self._event_phase),
             category_timeline=category_timeline,
             allocator=allocator,
+            activation_peak_bytes=int(acts[act_event]) if act_event >= 0 else 0,
+            activation_peak_phase=self._event_phase[act_event] if act_event >= 0 else "",
+            activation_peak_breakdown={c: sum(m[c] for m in at_act.values()) for c in CATEGORIES},
+            top_activation_modules=top,
         )
         if allocator is None:
             self._report = report

@@ -20,21 +20,27 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
-Optimizer = Annotated[Literal["sgd", "adam", "adamw"], BeforeValidator(_lower)]
-Dtype = Annotated[Literal["fp32", "bf16", "fp16"], BeforeValidator(_lower)]
+Optimizer = Annotated[Literal["sgd", "adam", "adamw", "adamw8bit"], BeforeValidator(_lower)]
+Dtype = Annotated[
+    Literal["fp32", "bf16", "fp16", "bf16-true", "fp16-true", "bf16-master", "fp16-master"],
+    BeforeValidator(_lower),
+]
 ModelSpec = Annotated[
     str,
     Field(
         min_length=1,
         max_length=512,
-        description="torchvision name (resnet50), Ultralytics yaml (yolo11n-pose.yaml), or "
-        "file.py:factory / package.module:factory under the service's user models directory",
+        description="torchvision name (resnet50), Ultralytics yaml (yolo11n-pose.yaml), "
+        "hf:ARCH[:TASK][?key=value&...] (transformers config class, e.g. hf:gpt2), or "
+        "file.py:factory / package.module:factory / hf:config.json under the service's user "
+        "models directory",
     ),
 ]
 InputShape = Annotated[
     list[int] | str,
     Field(
-        description='one sample\'s shape without the batch: [3, 224, 224] or "3,224,224"',
+        description='one sample\'s shape without the batch: [3, 224, 224] or "3,224,224"; '
+        "[seq_len] for token models (hf:gpt2)",
         examples=[[3, 224, 224]],
     ),
 ]
@@ -60,10 +66,23 @@ def _check_shape(value: list[int] | str) -> list[int]:
     return dims
 
 
-class ProfileRequest(BaseModel):
+class FineTuning(BaseModel):
+    """Fine-tuning setup fields shared by profiles and plans (gpu_optimizer.finetune)."""
+
     # strict: no "32" or true for an integer; no NaN or Infinity for a number.
     model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
+    lora_r: int = Field(default=0, ge=0, le=4096, description="LoRA rank (0: no LoRA)")
+    lora_targets: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=64, description="module names, e.g. q_proj, v_proj"
+    )
+    freeze: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=64, description="globs of parameter names to freeze"
+    )
+    grad_accum: int = Field(default=1, ge=1, le=4096, description="micro-batches per step")
+
+
+class ProfileRequest(FineTuning):
     model: ModelSpec
     input_shape: InputShape
     batch_size: int = Field(ge=1, description="capped by the service setting max_batch_size")
@@ -78,10 +97,7 @@ class ProfileRequest(BaseModel):
     _shape = field_validator("input_shape")(_check_shape)
 
 
-class PlanRequest(BaseModel):
-    # strict: no "32" or true for an integer; no NaN or Infinity for a number.
-    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
-
+class PlanRequest(FineTuning):
     model: ModelSpec
     input_shape: InputShape
     optimizer: Optimizer = "adamw"

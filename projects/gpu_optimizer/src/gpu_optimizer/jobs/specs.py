@@ -23,19 +23,55 @@ class UserCodeRefused(SpecError):
 
 
 def is_user_code(spec: str) -> bool:
-    return ":" in spec and not spec.strip().endswith((".yaml", ".yml"))
+    spec = spec.strip()
+    return ":" in spec and not spec.endswith((".yaml", ".yml")) and not spec.startswith("hf:")
+
+
+def _hf_worker_spec(spec: str, user_models_dir: Path | None) -> str:
+    """``hf:ARCH`` passes; ``hf:path/config.json`` only from the user models directory.
+
+    A config file is data, not code (remote code is never enabled), but reading
+    any path the client names would let it probe the server's files.
+    """
+    body = spec[len("hf:") :]
+    source, sep_q, query = body.partition("?")
+    head, sep_t, task = source.rpartition(":")
+    path_text = head if sep_t and task and "/" not in task and "." not in task else source
+    rest = source[len(path_text) :] + (sep_q + query)
+    if not (path_text.endswith(".json") or "/" in path_text or "\\" in path_text):
+        return spec
+    if user_models_dir is None:
+        raise UserCodeRefused(
+            f"model {spec!r} reads a config file, which this service takes only from "
+            "GPU_OPT_USER_MODELS_DIR; set it, or use a built-in hf:ARCH"
+        )
+    root = user_models_dir.resolve()
+    path = Path(path_text)
+    resolved = (path if path.is_absolute() else root / path).resolve()
+    if not resolved.is_relative_to(root):
+        raise UserCodeRefused(
+            f"model {spec!r}: {path_text} is outside the user models directory "
+            "(GPU_OPT_USER_MODELS_DIR); put the config there"
+        )
+    if resolved.is_dir():
+        resolved = resolved / "config.json"
+    if not resolved.is_file():
+        raise SpecError(f"model {spec!r}: {path_text} not found in the user models directory")
+    return f"hf:{resolved}{rest}"
 
 
 def worker_spec(spec: str, user_models_dir: Path | None) -> str:
     """The spec the worker should load; raises SpecError / UserCodeRefused.
 
-    Built-in specs (torchvision names, Ultralytics yamls) pass through unchanged.
+    Built-in specs (torchvision names, Ultralytics yamls, ``hf:ARCH``) pass through unchanged.
     """
     spec = spec.strip()
     if not spec:
         raise SpecError("model: empty model spec")
     if len(spec) > MAX_SPEC_LENGTH:
         raise SpecError(f"model: spec is longer than {MAX_SPEC_LENGTH} characters")
+    if spec.startswith("hf:"):
+        return _hf_worker_spec(spec, user_models_dir)
     if not is_user_code(spec):
         return spec
     target, _, attr = spec.rpartition(":")

@@ -20,10 +20,20 @@ import torch
 
 from gpu_optimizer import planning
 from gpu_optimizer.estimator import estimate
+from gpu_optimizer.finetune import TrainingSetup
 from gpu_optimizer.models import ModelSpecError
 from gpu_optimizer.profiler import profile
 
 Progress = Callable[[float], None]
+
+
+def setup_from(request: dict[str, Any]) -> TrainingSetup:
+    return TrainingSetup(
+        lora_r=int(request.get("lora_r") or 0),
+        lora_targets=tuple(request.get("lora_targets") or ()),
+        freeze=tuple(request.get("freeze") or ()),
+        grad_accum=int(request.get("grad_accum") or 1),
+    )
 
 
 class MemoryBudgetExceeded(RuntimeError):
@@ -38,7 +48,11 @@ def run_profile(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """One profiling job: estimate on fake tensors, or measure one real step on a device."""
     progress(0.05)
     shape = tuple(request["input_shape"])
-    common = {"optimizer": request.get("optimizer", "adamw"), "dtype": request.get("dtype", "fp32")}
+    common = {
+        "optimizer": request.get("optimizer", "adamw"),
+        "dtype": request.get("dtype", "fp32"),
+        "setup": setup_from(request),
+    }
     if request.get("mode", "estimate") == "estimate":
         result = estimate(request["model"], shape, int(request["batch_size"]), **common).to_dict()
     else:
@@ -86,6 +100,7 @@ def run_plan(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
         mode=request.get("mode", "train"),
         optimizer=request.get("optimizer", "adamw"),
         dtype=request.get("dtype", "fp32"),
+        setup=setup_from(request),
     )
     return {"machines": [_recommendation(p) for p in planning.plan_for_machines(workload)]}
 
