@@ -1,0 +1,459 @@
+"""Frame-to-frame association: detections -> tracklets (runs of one person, unbroken).
+
+Shared by the live and the offline path; they differ only in what they do with the
+tracklets (live: re-acquire lost persons as it goes; offline: stitch afterwards).
+Per frame: drop skeletons with too few joints, suppress duplicate skeletons of one
+person, match the rest to the tracklets' Kalman predictions by one Hungarian
+assignment (each detection tried as-is and mirrored, so a left/right swap is caught
+and undone), then reject joints that moved impossibly far or stretched a limb.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy.optimize import linear_sum_assignment
+
+from pose_analyzer.identity.config import IdentityConfig
+from pose_analyzer.identity.motion import JointKalman
+from pose_analyzer.identity.skeleton import (
+    LIMB_B,
+    LIMB_MIRROR,
+    MIRROR,
+    body_scale,
+    centre,
+    confident,
+    frame_signatures,
+    limb_lengths,
+    mirrored,
+    nanmedian,
+    nanquantile,
+)
+from pose_analyzer.keypoints import PersonPose
+
+_INFEASIBLE = 1e9
+_LIMB_HISTORY = 90  # frames of limb lengths a tracklet keeps as its reference
+_MIN_LIMB_SAMPLES = 5
+
+
+@dataclass
+class Tracklet:
+    """One person seen without a break longer than `max_age_s`."""
+
+    tid: int
+    kalman: JointKalman
+    scale: float
+    t_first: float
+    t_last: float
+    last: np.ndarray  # (J, 3) last accepted observation
+    hits: int = 1
+    person: int | None = None
+    frames: list[int] = field(default_factory=list)  # positions in the input sequence
+    times: list[float] = field(default_factory=list)
+    centres: list[np.ndarray] = field(default_factory=list)
+    scales: list[float] = field(default_factory=list)
+    signatures: list[np.ndarray] = field(default_factory=list)
+    limbs: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=_LIMB_HISTORY))
+    swaps: int = 0  # left/right swaps undone
+    rejected_joints: int = 0
+    absorbed_into: int | None = None  # closed as a duplicate follower of that tracklet
+    swap_run: int = 0  # consecutive frames whose labels had to be mirrored
+    relabelled: int = 0  # times the detector's new labelling was adopted
+
+    def adopt_mirror(self) -> None:
+        """Mirror the tracklet's own state, so the detector's current labels fit as-is."""
+        k = self.kalman
+        k.p, k.v = k.p[MIRROR], k.v[MIRROR]
+        k.ppp, k.ppv, k.pvv = k.ppp[MIRROR], k.ppv[MIRROR], k.pvv[MIRROR]
+        self.last = self.last[MIRROR]
+        self.limbs = deque((row[LIMB_MIRROR] for row in self.limbs), maxlen=self.limbs.maxlen)
+        self.swap_run = 0
+        self.relabelled += 1
+
+    def limb_reference(self) -> np.ndarray:
+        """Per limb, the long end of its recent lengths (NaN until enough were seen)."""
+        if len(self.limbs) < _MIN_LIMB_SAMPLES:
+            return np.full(LIMB_B.shape[0], np.nan)
+        hist = np.stack(self.limbs)
+        n = np.isfinite(hist).sum(axis=0)
+        return np.where(n >= _MIN_LIMB_SAMPLES, nanquantile(hist, 0.9, axis=0), np.nan)
+
+    def velocity(self, window_s: float = 0.5) -> np.ndarray:
+        """Centre velocity (px/s) over the last `window_s`, from a line fit; 0 if unknown."""
+        return _centre_velocity(self.times, self.centres, window_s, end=True)
+
+    def start_velocity(self, window_s: float = 0.5) -> np.ndarray:
+        return _centre_velocity(self.times, self.centres, window_s, end=False)
+
+
+def _centre_velocity(
+    times: list[float], centres: list[np.ndarray], window_s: float, end: bool
+) -> np.ndarray:
+    if len(times) < 3:
+        return np.zeros(2)
+    t = np.asarray(times)
+    c = np.stack(centres)
+    sel = t >= t[-1] - window_s if end else t <= t[0] + window_s
+    sel &= np.isfinite(c).all(axis=1)
+    if sel.sum() < 3 or np.ptp(t[sel]) <= 0:
+        return np.zeros(2)
+    tt = t[sel] - t[sel].mean()
+    return ((c[sel] - c[sel].mean(axis=0)) * tt[:, None]).sum(axis=0) / (tt**2).sum()
+
+
+@dataclass
+class Observation:
+    """A detection that survived cleaning, and the tracklet it now belongs to."""
+
+    person: PersonPose  # cleaned copy
+    tracklet: Tracklet
+    order: int  # position among the frame's input detections
+
+
+class TrackletTracker:
+    def __init__(self, config: IdentityConfig) -> None:
+        self.config = config
+        self.active: list[Tracklet] = []
+        self.closed: list[Tracklet] = []
+        self._next = 1
+        self._last_t = -math.inf
+        self._frame_dt = math.inf  # typical time between frames, learned
+        self.dropped_small = 0
+        self.dropped_duplicates = 0
+        self.dropped_impossible = 0
+
+    # -- cleaning -------------------------------------------------------------------------
+
+    def _closeness(self, kp: np.ndarray, ok: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """(D, D) median joint distance between skeletons (either labelling), in body
+        heights of the smaller one; inf on the diagonal and without 3 shared joints."""
+        d = kp.shape[0]
+        cfg = self.config
+        alts = (kp, mirrored(kp))
+        best = np.full((d, d), np.inf)
+        for alt in alts:
+            alt_ok = confident(alt, cfg.min_keypoint_confidence)
+            both = ok[:, None, :] & alt_ok[None, :, :]
+            dist = np.linalg.norm(kp[:, None, :, :2] - alt[None, :, :, :2], axis=-1)
+            shared = both.sum(axis=-1)
+            # The median joint: a second skeleton on one person often shares the torso
+            # and places a limb or two elsewhere.
+            med = nanmedian(np.where(both, dist, np.nan), axis=-1) if d else dist
+            norm = np.nan_to_num(med, nan=np.inf) / np.minimum(scale[:, None], scale[None, :])
+            best = np.minimum(best, np.where(shared >= 3, norm, np.inf))
+        np.fill_diagonal(best, np.inf)
+        return best
+
+    def _suppress_duplicates(
+        self, close: np.ndarray, quality: np.ndarray, assigned: dict[int, tuple[Tracklet, bool]]
+    ) -> np.ndarray:
+        """(D,) bool: skeletons that are a second detection of someone. Of two skeletons
+        on one place the one continuing an established tracklet stays (else the better
+        one); both stay when each continues its own established tracklet: that is two
+        people overlapping (one walking past the other), not one person seen twice."""
+        cfg = self.config
+        d = close.shape[0]
+        drop = np.zeros(d, dtype=bool)
+
+        def established(k: int) -> Tracklet | None:
+            a = assigned.get(k)
+            return a[0] if a is not None and a[0].hits >= cfg.min_hits else None
+
+        for i in np.argsort(-quality):
+            if drop[i]:
+                continue
+            for j in np.flatnonzero(close[i] < cfg.duplicate_distance):
+                if drop[j] or drop[i]:
+                    continue
+                ti, tj = established(int(i)), established(int(j))
+                if ti is not None and tj is not None and ti is not tj:
+                    continue
+                loser = int(i) if (tj is not None and ti is None) else int(j)
+                drop[loser] = True
+                assigned.pop(loser, None)
+        return drop
+
+    # -- association ----------------------------------------------------------------------
+
+    def _costs(
+        self, kp: np.ndarray, ok: np.ndarray, scale: np.ndarray, t: float
+    ) -> tuple[np.ndarray, ...]:
+        """(T, D) arrays, each as-is and mirrored: the assignment cost (mean negative
+        log-likelihood per joint under the prediction; _INFEASIBLE outside the gate), the
+        mean normalised distance (sigmas) and the median joint distance to the last
+        observation in body heights (what a left/right swap is judged on).
+
+        The likelihood, not the distance in sigmas, decides who gets a detection: a
+        track coasting for a while has a wide prediction, so everything is "near" it in
+        sigmas, and it would steal the detection of a person seen a frame ago."""
+        cfg = self.config
+        out: list[np.ndarray] = []
+        sigmas: list[np.ndarray] = []
+        jumps: list[np.ndarray] = []
+        tr_scale = np.array([tr.scale for tr in self.active])
+        pred, var, last = [], [], []
+        for tr in self.active:
+            p, v = tr.kalman.predict(t - tr.t_last, tr.scale)
+            pred.append(p)
+            var.append(v)
+            last.append(tr.kalman.p)
+        pred_a, var_a, last_a = np.stack(pred), np.stack(var), np.stack(last)
+        tr_ok = np.isfinite(pred_a).all(axis=-1)  # (T, J)
+        coasting = np.array([t - tr.t_last > 1.5 * self._frame_dt for tr in self.active])
+        r = (cfg.measurement_noise * tr_scale) ** 2
+        for alt, alt_ok in ((kp, ok), (mirrored(kp), mirrored(ok[..., None])[..., 0])):
+            both = tr_ok[:, None, :] & alt_ok[None, :, :]
+            shared = both.sum(axis=-1)
+            step = np.linalg.norm(last_a[:, None] - alt[None, :, :, :2], axis=-1)
+            with np.errstate(all="ignore"):
+                med = nanmedian(np.where(both, step, np.nan), axis=-1)
+            jumps.append(np.nan_to_num(med, nan=np.inf) / tr_scale[:, None])
+            best = np.full(shared.shape, np.inf)
+            best_sig = np.full(shared.shape, np.inf)
+            # Someone who stepped out often comes back where they left, not where their
+            # last motion pointed: a coasting track may also match at its last place.
+            places = [(pred_a, np.ones(len(self.active), dtype=bool)), (last_a, coasting)]
+            for place, rows in places:
+                if not rows.any():
+                    continue
+                dist = np.linalg.norm(place[:, None] - alt[None, :, :, :2], axis=-1)
+                dist = np.where(both, np.nan_to_num(dist), 0.0)
+                sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
+                z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
+                sig = z.sum(axis=-1) / np.maximum(shared, 1)
+                log_sd = np.where(both, np.log(sd / np.sqrt(r)[:, None, None]), 0.0)
+                nll = (0.5 * z**2 + log_sd).sum(axis=-1) / np.maximum(shared, 1)
+                px = dist.sum(axis=-1) / np.maximum(shared, 1) / tr_scale[:, None]
+                feasible = (
+                    rows[:, None]
+                    & (shared >= 3)
+                    & (sig <= cfg.gate_sigmas)
+                    & (px <= cfg.max_match_distance)
+                )
+                nll = np.where(feasible, nll, np.inf)
+                better = nll < best
+                best = np.where(better, nll, best)
+                best_sig = np.where(better, sig, best_sig)
+            out.append(np.where(np.isfinite(best), best, _INFEASIBLE))
+            sigmas.append(np.where(np.isfinite(best_sig), best_sig, _INFEASIBLE))
+        return out[0], out[1], sigmas[0], sigmas[1], jumps[0], jumps[1]
+
+    def step(self, people: list[PersonPose], t: float, position: int) -> list[Observation]:
+        """Associate one frame's detections; returns the kept ones with their tracklets."""
+        cfg = self.config
+        if t < self._last_t:
+            raise ValueError(f"identity: time went backwards: {t} after {self._last_t}")
+        if t > self._last_t:
+            self._frame_dt = min(self._frame_dt, t - self._last_t)
+        self._last_t = t
+        still: list[Tracklet] = []
+        for tr in self.active:
+            # A tentative tracklet (fewer than min_hits frames) that misses a frame was a
+            # flicker, not a person: it does not coast, or it would grab someone else.
+            tentative_miss = tr.hits < cfg.min_hits and t - tr.t_last > 1.5 * self._frame_dt
+            alive = t - tr.t_last <= cfg.max_age_s and not tentative_miss
+            (still if alive else self.closed).append(tr)
+        self.active = still
+        if not people:
+            return []
+
+        kp = np.stack([np.asarray(p.keypoints, dtype=np.float64) for p in people])
+        ok = confident(kp, cfg.min_keypoint_confidence)
+        keep = ok.sum(axis=1) >= cfg.min_joints
+        self.dropped_small += int((~keep).sum())
+        scale = body_scale(kp, cfg.min_keypoint_confidence)
+        idx = np.flatnonzero(keep)
+        if idx.size == 0:
+            return []
+        kp, ok, scale = kp[idx], ok[idx], scale[idx]
+        quality = ok.sum(axis=1) * np.array([people[int(i)].score for i in idx])
+
+        assigned: dict[int, tuple[Tracklet, bool]] = {}
+        if self.active:
+            direct, mirror, z_direct, z_mirror, step, step_m = self._costs(kp, ok, scale, t)
+            hits = np.array([tr.hits for tr in self.active])[:, None]
+            # A swap is a jump of the labels, not a motion: the mirrored skeleton must sit
+            # clearly nearer the last observation than the skeleton as given, and fit the
+            # motion model better too. A person seen side-on (left and right joints close)
+            # never qualifies, so a real turn is not "corrected".
+            use_mirror = (
+                (hits >= 5)
+                & (mirror < _INFEASIBLE)
+                & (z_mirror < cfg.swap_gain * z_direct)
+                & (step > cfg.swap_min_step)
+                & (step_m < cfg.swap_gain * step)
+            ) | ((direct >= _INFEASIBLE) & (mirror < _INFEASIBLE))
+            cost = np.where(use_mirror, mirror, direct)
+            # Two tracklets on one place: the established one takes the detection.
+            cost = np.where(cost < _INFEASIBLE, cost + 0.5 / hits, cost)
+            rows, cols = linear_sum_assignment(cost)
+            for r_, c_ in zip(rows, cols, strict=True):
+                if cost[r_, c_] < _INFEASIBLE:
+                    assigned[int(c_)] = (self.active[int(r_)], bool(use_mirror[r_, c_]))
+
+        dup = self._suppress_duplicates(self._closeness(kp, ok, scale), quality, assigned)
+        self.dropped_duplicates += int(dup.sum())
+        if self.active:
+            self._absorb_redundant(kp, ok, scale, assigned, z_direct, z_mirror, t)
+        out: list[Observation] = []
+        for k in range(len(idx)):
+            if dup[k]:
+                continue
+            pose = kp[k].copy()
+            if k in assigned:
+                tr, swap = assigned[k]
+                if swap:
+                    pose = mirrored(pose)
+                    tr.swaps += 1
+                    tr.swap_run += 1
+                    if tr.swap_run >= cfg.swap_persist_frames:
+                        # The detector has settled on the other labelling: follow it
+                        # rather than correct it for the rest of the tracklet.
+                        tr.adopt_mirror()
+                        pose = mirrored(pose)
+                else:
+                    tr.swap_run = 0
+                pose = self._plausible(tr, pose, t)
+                if pose is None:
+                    self.dropped_impossible += 1
+                    continue
+                self._observe(tr, pose, t, position)
+            else:
+                tr = self._new(pose, t, position)
+            src = people[int(idx[k])]
+            cleaned = dataclasses.replace(src, keypoints=pose.astype(np.float32), track_id=None)
+            out.append(Observation(cleaned, tr, int(idx[k])))
+        return out
+
+    def _absorb_redundant(
+        self,
+        kp: np.ndarray,
+        ok: np.ndarray,
+        scale: np.ndarray,
+        assigned: dict[int, tuple[Tracklet, bool]],
+        direct: np.ndarray,
+        mirror: np.ndarray,
+        t: float,
+    ) -> None:
+        """Resolve two tracklets following one person (one was born from a duplicate
+        skeleton): an unmatched tracklet whose prediction sits on a detection another
+        tracklet took would otherwise steal that person's detection every other frame.
+        The one with more history keeps the detection; the other is closed and
+        remembered as absorbed into it (offline puts both into one person)."""
+        cfg = self.config
+        matched = {id(tr) for tr, _ in assigned.values()}
+        rows = {id(tr): i for i, tr in enumerate(self.active)}
+        for tr in list(self.active):
+            if id(tr) in matched or tr not in self.active:
+                continue
+            p, _ = tr.kalman.predict(t - tr.t_last, tr.scale)
+            both = np.isfinite(p).all(axis=-1)[None, :] & ok
+            enough = both.sum(axis=1) >= 3
+            if not enough.any():
+                continue
+            dist = np.linalg.norm(p[None] - kp[..., :2], axis=-1)
+            with np.errstate(all="ignore"):
+                med = nanmedian(np.where(both, dist, np.nan), axis=1)
+            limit = cfg.duplicate_distance * np.minimum(scale, tr.scale)
+            r = rows[id(tr)]
+            # Only a detection this tracklet could itself have taken (inside its own gate).
+            fits = np.minimum(direct[r], mirror[r]) < cfg.gate_sigmas / 2
+            close = enough & fits & (np.nan_to_num(med, nan=np.inf) < limit)
+            near = [k for k in np.flatnonzero(close) if k in assigned]
+            if not near:
+                continue
+            k = int(near[0])
+            other, _ = assigned[k]
+            if tr.hits > other.hits:
+                assigned[k] = (tr, bool(mirror[r, k] < direct[r, k]))
+                loser, winner = other, tr
+            else:
+                loser, winner = tr, other
+            self.active.remove(loser)
+            self.closed.append(loser)
+            loser.absorbed_into = winner.tid
+            matched = {id(x) for x, _ in assigned.values()}
+
+    # -- plausibility ---------------------------------------------------------------------
+
+    def _plausible(self, tr: Tracklet, pose: np.ndarray, t: float) -> np.ndarray | None:
+        """The pose with impossible joints removed; None if too little is left."""
+        cfg = self.config
+        mc = cfg.min_keypoint_confidence
+        ok = confident(pose, mc)
+        frames = max(1.0, (t - tr.t_last) / self._frame_dt) if self._frame_dt < math.inf else 1
+        last_ok = confident(tr.last, mc)
+        jump = np.linalg.norm(pose[:, :2] - tr.last[:, :2], axis=-1)
+        bad = ok & last_ok & (jump > cfg.max_joint_jump * tr.scale * frames)
+        lengths = limb_lengths(pose[None], mc)[0]
+        ref = tr.limb_reference()
+        with np.errstate(invalid="ignore"):
+            stretched = lengths > (1 + cfg.max_limb_growth) * ref
+            if frames <= 1.5:
+                prev = limb_lengths(tr.last[None], mc)[0]
+                stretched |= np.abs(lengths - prev) > cfg.max_limb_step * ref
+        bad[LIMB_B[stretched]] = True
+        if bad.any():
+            tr.rejected_joints += int(bad.sum())
+            pose[bad, :2] = np.nan
+            pose[bad, 2] = 0.0
+        if (ok & ~bad).sum() < cfg.min_joints:
+            return None
+        return pose
+
+    # -- bookkeeping ----------------------------------------------------------------------
+
+    def _new(self, pose: np.ndarray, t: float, position: int) -> Tracklet:
+        cfg = self.config
+        ok = confident(pose, cfg.min_keypoint_confidence)
+        scale = float(body_scale(pose[None], cfg.min_keypoint_confidence)[0])
+        tr = Tracklet(
+            tid=self._next,
+            kalman=JointKalman(
+                pose[:, :2],
+                ok,
+                scale,
+                cfg.accel_noise,
+                cfg.measurement_noise,
+                cfg.max_prediction_s,
+            ),
+            scale=scale,
+            t_first=t,
+            t_last=t,
+            last=pose.copy(),
+        )
+        self._next += 1
+        self._record(tr, pose, t, position, scale)
+        self.active.append(tr)
+        return tr
+
+    def _observe(self, tr: Tracklet, pose: np.ndarray, t: float, position: int) -> None:
+        cfg = self.config
+        ok = confident(pose, cfg.min_keypoint_confidence)
+        scale = float(body_scale(pose[None], cfg.min_keypoint_confidence)[0])
+        tr.kalman.update(t - tr.t_last, pose[:, :2], ok, pose[:, 2], tr.scale)
+        tr.scale = 0.8 * tr.scale + 0.2 * scale
+        tr.t_last = t
+        merged = tr.last.copy()
+        merged[ok] = pose[ok]  # a joint not seen now keeps its last sighting for jump checks
+        tr.last = merged
+        tr.hits += 1
+        self._record(tr, pose, t, position, scale)
+
+    def _record(
+        self, tr: Tracklet, pose: np.ndarray, t: float, position: int, scale: float
+    ) -> None:
+        mc = self.config.min_keypoint_confidence
+        tr.frames.append(position)
+        tr.times.append(t)
+        tr.centres.append(centre(pose[None], mc)[0])
+        tr.scales.append(scale)
+        tr.signatures.append(frame_signatures(pose[None], mc)[0])
+        tr.limbs.append(limb_lengths(pose[None], mc)[0])
+
+    def all_tracklets(self) -> list[Tracklet]:
+        return sorted(self.closed + self.active, key=lambda tr: tr.tid)
