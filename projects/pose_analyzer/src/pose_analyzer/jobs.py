@@ -1,8 +1,9 @@
 """Offline analysis of uploaded videos as background jobs with progress.
 
-A job runs on a worker thread: decode -> detect -> track -> analyze, then
-writes report.json and angles.csv into data/jobs/<id>/ and stores the session
-and its reps in the database like a live stream's.
+A job runs on a worker thread through the same driver as `pose-analyzer
+analyze` (recordings.py, the engine's offline entry), writes report.json,
+angles.csv and angles.png into data/jobs/<id>/, and stores the session and
+its reps in the database like a live stream's.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pose_analyzer.analysis import analyze_frames
 from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.keypoints import FramePoses
 from pose_analyzer.metrics import PoseMetrics
+from pose_analyzer.recordings import USER_ERRORS, analyze_input, write_outputs
+from pose_analyzer.report import Report
 from pose_analyzer.storage import Database
-from pose_analyzer.tracking import Tracker
-from pose_analyzer.video import VideoError, open_video
 
 log = logging.getLogger(__name__)
 
@@ -112,17 +112,8 @@ class JobRunner:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
     def _run(self, job: Job) -> None:
-        from pose_analyzer.detectors import create_detector
-
         job.state = JobState.RUNNING
-        detector = None
         try:
-            video = open_video(job.input)
-            job.frames_total = video.frame_count
-            kw: dict[str, Any] = {"mode": "video", "models_dir": self.models_dir}
-            detector = create_detector(
-                job.backend, job.model, **(kw if job.backend == "mediapipe" else {})
-            )
             self.db.start_session(
                 job.id,
                 kind="upload",
@@ -130,29 +121,7 @@ class JobRunner:
                 exercise=job.exercise.name,
                 backend=job.backend,
             )
-
-            def frames() -> Any:
-                for index, t, image in video:
-                    people = detector.detect([image], [t])[0]
-                    yield FramePoses(index, t, video.width, video.height, people)
-
-            def on_frame(frame: FramePoses) -> None:
-                job.frames_done = frame.index + 1
-                if job.frames_total:
-                    job.progress = min(job.frames_done / job.frames_total, 0.99)
-
-            report = analyze_frames(
-                frames(),
-                job.exercise,
-                video.fps,
-                input=job.filename,
-                backend=job.backend,
-                tracker=Tracker(),
-                on_frame=on_frame,
-            )
-            job.out_dir.mkdir(parents=True, exist_ok=True)
-            report.write_json(job.out_dir / "report.json")
-            report.write_csv(job.out_dir / "angles.csv")
+            report = self._analyze(job)
             for person in report.people:
                 for rep in person.reps:
                     self.db.add_rep(job.id, person.id, rep.to_dict(), job.frames_done)
@@ -162,7 +131,7 @@ class JobRunner:
             job.report = report.to_dict()
             job.progress = 1.0
             job.state = JobState.SUCCEEDED
-        except VideoError as exc:
+        except USER_ERRORS as exc:
             job.error = str(exc)
             job.state = JobState.FAILED
         except Exception as exc:  # the job fails, the service goes on
@@ -177,7 +146,34 @@ class JobRunner:
                     )
                 except Exception:
                     log.debug("no session to close for job %s", job.id)
-            if detector is not None:
-                detector.close()
             job.finished_at = time.time()
             self.metrics.jobs.labels(job.state.value).inc()
+
+    def _analyze(self, job: Job) -> Report:
+        """The analysis part of a job: the same driver as `pose-analyzer analyze`."""
+
+        def on_total(total: int | None) -> None:
+            job.frames_total = total
+
+        def on_frame(frame: FramePoses) -> None:
+            job.frames_done += 1
+            if job.frames_total:
+                job.progress = min(job.frames_done / job.frames_total, 0.99)
+
+        options = (
+            {"mode": "video", "models_dir": self.models_dir} if job.backend == "mediapipe" else {}
+        )
+        analysis, _, _ = analyze_input(
+            job.input,
+            job.exercise,
+            backend=job.backend,
+            model=job.model,
+            detector_options=options,
+            progress=False,
+            on_frame=on_frame,
+            on_total=on_total,
+        )
+        report = analysis.report
+        report.input = job.filename
+        write_outputs(report, job.exercise, job.out_dir)
+        return report

@@ -50,11 +50,11 @@ from pose_analyzer.streams.manager import (
     StreamRequestError,
     StreamStartError,
 )
-from pose_analyzer.streams.sources import VIDEO_SUFFIXES, SourceError
+from pose_analyzer.streams.sources import KEYPOINT_SUFFIXES, VIDEO_SUFFIXES, SourceError
 
 log = logging.getLogger(__name__)
 STATIC = Path(__file__).resolve().parent.parent / "static"
-UPLOAD_BACKENDS = ("mediapipe", "yolo")
+UPLOAD_BACKENDS = ("mediapipe", "yolo", "replay")
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
@@ -213,20 +213,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         jobs: JobsDep,
         file: Annotated[UploadFile, File(description="a video file")],
         exercise: Annotated[str, Form()],
-        backend: Annotated[str, Form()] = "mediapipe",
+        backend: Annotated[str | None, Form()] = None,
         model: Annotated[str | None, Form()] = None,
     ) -> dict[str, Any]:
         definition = get_exercise(exercise)
+        name = Path(file.filename or "upload").name
+        suffix = Path(name).suffix.lower()
+        keypoints = suffix in KEYPOINT_SUFFIXES
+        if suffix not in VIDEO_SUFFIXES and not keypoints:
+            raise HTTPException(
+                415,
+                f"unsupported file {name!r}; upload a video ({', '.join(VIDEO_SUFFIXES)}) "
+                f"or a keypoint file ({', '.join(KEYPOINT_SUFFIXES)})",
+            )
+        backend = backend or ("replay" if keypoints else settings.default_backend)
         if backend not in UPLOAD_BACKENDS:
             raise HTTPException(
                 422, f"unknown backend {backend!r}; use one of {', '.join(UPLOAD_BACKENDS)}"
             )
-        name = Path(file.filename or "upload").name
-        suffix = Path(name).suffix.lower()
-        if suffix not in VIDEO_SUFFIXES:
+        if (backend == "replay") != keypoints:
             raise HTTPException(
-                415, f"unsupported file {name!r}; upload a video ({', '.join(VIDEO_SUFFIXES)})"
+                422, f"the replay backend reads keypoint files and only those; got {name!r}"
             )
+        if model is None and backend == "mediapipe":
+            model = settings.default_model
         settings.uploads_dir.mkdir(parents=True, exist_ok=True)
         dest = settings.uploads_dir / f"{uuid.uuid4().hex[:12]}{suffix}"
         size = await asyncio.to_thread(_save_upload, file, dest, settings.max_upload_bytes)

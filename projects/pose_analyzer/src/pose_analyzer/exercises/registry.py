@@ -15,6 +15,7 @@ from pose_analyzer.exercises.schema import Exercise, ExerciseDefinitionError, ex
 
 BUILTIN_DIR = Path(__file__).with_name("definitions")
 ENV_VAR = "POSE_EXERCISES_DIR"
+AUTO = "auto"  # not a file: the engine finds each athlete's own movement
 
 
 class UnknownExerciseError(KeyError):
@@ -48,6 +49,11 @@ def load_file(path: Path) -> Exercise:
     except OSError as exc:
         raise ExerciseDefinitionError(f"{path}: cannot read ({exc.strerror})") from None
     exercise = exercise_from_dict(data, source=path)
+    if exercise.name == AUTO:
+        raise ExerciseDefinitionError(
+            f"{path.name}.name: 'auto' is reserved (the dominant repeated movement); "
+            "rename the exercise and its file"
+        )
     if exercise.name != path.stem:
         raise ExerciseDefinitionError(
             f"{path.name}.name: {exercise.name!r} must match the file name {path.stem!r}"
@@ -71,9 +77,14 @@ def load_exercises(extra_dirs: list[Path] | None = None) -> dict[str, Exercise]:
 
 
 def get_exercise(name: str, extra_dirs: list[Path] | None = None) -> Exercise:
+    """The definition called `name`; "auto" gives the engine's stand-in (engine/auto.py)."""
+    if name == AUTO:
+        from pose_analyzer.engine.auto import placeholder
+
+        return placeholder()
     exercises = load_exercises(extra_dirs)
     if name not in exercises:
         raise UnknownExerciseError(
-            f"unknown exercise {name!r}; known exercises: {', '.join(exercises)}"
+            f"unknown exercise {name!r}; known exercises: {', '.join(exercises)}, or auto"
         )
     return exercises[name]

@@ -8,12 +8,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pose_analyzer.engine.auto import is_auto
 from pose_analyzer.exercises.registry import get_exercise
 from pose_analyzer.metrics import PoseMetrics
 from pose_analyzer.settings import Settings
 from pose_analyzer.storage import Database
 from pose_analyzer.streams.batching import BatchingDetector
-from pose_analyzer.streams.pipeline import StreamConfig, StreamRunner
+from pose_analyzer.streams.runner import StreamConfig, StreamRunner
 from pose_analyzer.streams.sources import Source, SourceError, parse_source
 from pose_analyzer.video import VideoError, open_video
 
@@ -64,6 +65,11 @@ class StreamManager:
         StreamLimitError or StreamStartError with a message for the user."""
         parsed = parse_source(source, Path(self.settings.data_dir))
         definition = get_exercise(exercise)
+        if is_auto(definition):
+            raise StreamRequestError(
+                "exercise 'auto' needs the whole recording; analyze the file with POST "
+                "/analyze, or name an exercise for a live stream"
+            )
         backend = backend or ("replay" if parsed.keypoints else self.settings.default_backend)
         if backend not in BACKENDS:
             raise StreamRequestError(

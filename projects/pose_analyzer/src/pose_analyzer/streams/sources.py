@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pose_analyzer.detectors.replay import KEYPOINT_SUFFIXES
+
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp", "rtmp", "srt")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
-KEYPOINT_SUFFIXES = (".jsonl",)  # keypoint files (replay backend)
 
 
 class SourceError(ValueError):
