@@ -180,6 +180,7 @@ def analyze_input(
                 config=config,
                 input=label,
                 backend=backend,
+                on_frame=on_frame,
             )
     finally:
         detector.close()
