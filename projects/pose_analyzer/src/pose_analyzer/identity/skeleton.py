@@ -1,0 +1,155 @@
+"""Geometry of one skeleton: size, limbs, mirror image, body-proportion signature.
+
+Everything here works on stacks of poses, (N, J, 3) arrays in the canonical joint
+order of `pose_analyzer.keypoints`, so a frame's people (or a tracklet's frames) are
+handled in one numpy expression.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from pose_analyzer.keypoints import JOINT_INDEX, JOINTS
+
+J = JOINT_INDEX
+
+# Left <-> right: the permutation that mirrors a skeleton's labels (not its pixels).
+MIRROR = np.array(
+    [
+        J[n.replace("left_", "right_")]
+        if n.startswith("left_")
+        else J[n.replace("right_", "left_")]
+        if n.startswith("right_")
+        else J[n]
+        for n in JOINTS
+    ],
+    dtype=np.intp,
+)
+
+# Limbs whose length is a property of the body: (proximal, distal) joint, left then right.
+# A failing limb blames its distal joint (the one that moved least plausibly).
+LIMBS: tuple[tuple[str, str], ...] = (
+    ("left_shoulder", "left_elbow"),
+    ("right_shoulder", "right_elbow"),
+    ("left_elbow", "left_wrist"),
+    ("right_elbow", "right_wrist"),
+    ("left_hip", "left_knee"),
+    ("right_hip", "right_knee"),
+    ("left_knee", "left_ankle"),
+    ("right_knee", "right_ankle"),
+    ("left_shoulder", "left_hip"),
+    ("right_shoulder", "right_hip"),
+)
+LIMB_A = np.array([J[a] for a, _ in LIMBS], dtype=np.intp)
+LIMB_B = np.array([J[b] for _, b in LIMBS], dtype=np.intp)
+
+# Signature segments: each a left/right pair of LIMBS rows (the longer of the two
+# sides is used: foreshortening only ever shortens a segment in the image).
+SEGMENTS: tuple[str, ...] = ("upper_arm", "forearm", "thigh", "shank", "torso")
+_SEG_ROWS = np.array([(0, 1), (2, 3), (4, 5), (6, 7), (8, 9)], dtype=np.intp)
+TORSO = SEGMENTS.index("torso")
+# The signature is log(segment / torso) for the four limb segments.
+SIGNATURE_SIZE = len(SEGMENTS) - 1
+
+# Body height in torso lengths (shoulder to hip is ~0.30 of stature in adult anthropometry).
+_HEIGHT_PER_TORSO = 3.3
+
+
+def confident(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+    """(..., J) bool: joint present and at least `min_confidence`."""
+    return (
+        (poses[..., 2] >= min_confidence)
+        & (poses[..., 2] > 0)
+        & np.isfinite(poses[..., :2]).all(axis=-1)
+    )
+
+
+def limb_lengths(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+    """(N, len(LIMBS)) pixel length of each limb, NaN where an end is not confident."""
+    ok = confident(poses, min_confidence)
+    d = np.linalg.norm(poses[:, LIMB_A, :2] - poses[:, LIMB_B, :2], axis=-1)
+    return np.where(ok[:, LIMB_A] & ok[:, LIMB_B], d, np.nan)
+
+
+def segment_lengths(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+    """(N, len(SEGMENTS)): the longer side of each segment, NaN where neither side is seen."""
+    limbs = limb_lengths(poses, min_confidence)
+    pair = limbs[:, _SEG_ROWS]  # (N, S, 2)
+    seen = np.isfinite(pair).any(axis=-1)
+    return np.where(seen, np.nanmax(np.where(np.isfinite(pair), pair, -1.0), axis=-1), np.nan)
+
+
+def body_scale(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+    """(N,) body height in pixels, at least 8.
+
+    From the torso when it is seen (it does not grow when the arms go up, as a box does),
+    else from the extent of the confident joints.
+    """
+    ok = confident(poses, min_confidence)
+    xy = np.where(ok[..., None], poses[..., :2], np.nan)
+    with np.errstate(all="ignore"):
+        extent = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
+        box = np.nanmax(extent, axis=1)
+    torso = segment_lengths(poses, min_confidence)[:, TORSO] * _HEIGHT_PER_TORSO
+    scale = np.where(np.isfinite(torso), np.fmax(torso, np.nan_to_num(box) * 0.8), box)
+    return np.maximum(np.nan_to_num(scale, nan=8.0), 8.0)
+
+
+def centre(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+    """(N, 2) mean of the confident torso joints (all confident joints if none), NaN if none."""
+    ok = confident(poses, min_confidence)
+    torso = np.zeros(poses.shape[1], dtype=bool)
+    torso[[J["left_shoulder"], J["right_shoulder"], J["left_hip"], J["right_hip"]]] = True
+    use = np.where((ok & torso).any(axis=1, keepdims=True), ok & torso, ok)
+    xy = np.where(use[..., None], poses[..., :2], 0.0).sum(axis=1)
+    n = use.sum(axis=1, keepdims=True)
+    return np.where(n > 0, xy / np.maximum(n, 1), np.nan)
+
+
+def frame_signatures(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+    """(N, SIGNATURE_SIZE) per-frame log(segment / torso), NaN where not measurable."""
+    seg = segment_lengths(poses, min_confidence)
+    with np.errstate(all="ignore"):
+        return np.log(seg[:, :TORSO] / seg[:, TORSO : TORSO + 1])
+
+
+def tracklet_signature(per_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Robust signature of a run of frames: (value, frames it rests on) per component.
+
+    The 75th percentile, not the median: foreshortening only shortens a limb, so the
+    upper part of the distribution is nearer the limb's true length (the torso, which
+    is the reference, is rarely foreshortened in the clips measured; docs/identity.md).
+    """
+    finite = np.isfinite(per_frame)
+    n = finite.sum(axis=0)
+    value = np.full(per_frame.shape[1], np.nan)
+    cols = n > 0
+    if cols.any():
+        value[cols] = np.nanpercentile(per_frame[:, cols], 75, axis=0)
+    return value, n
+
+
+# Spread of one tracklet's signature about its person's, per component, measured on the
+# real clips (docs/identity.md, bench/identity_spreads.py). A component measured on n
+# frames has spread sqrt(BETWEEN^2 + WITHIN^2 / n).
+SIGNATURE_BETWEEN = np.array([0.08, 0.10, 0.08, 0.08])
+SIGNATURE_WITHIN = np.array([0.25, 0.30, 0.20, 0.20])
+
+
+def signature_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    """RMS difference of two signatures in units of their expected spread; NaN if nothing
+    is comparable. ~1 for one person seen twice, well above for two different people."""
+    (va, na), (vb, nb) = a, b
+    both = np.isfinite(va) & np.isfinite(vb) & (na > 0) & (nb > 0)
+    if not both.any():
+        return float("nan")
+    var = 2 * SIGNATURE_BETWEEN**2 + SIGNATURE_WITHIN**2 * (
+        1 / np.maximum(na, 1) + 1 / np.maximum(nb, 1)
+    )
+    z2 = (va - vb) ** 2 / var
+    return float(np.sqrt(z2[both].mean()))
+
+
+def mirrored(poses: np.ndarray) -> np.ndarray:
+    """The same skeletons with left and right labels exchanged."""
+    return poses[..., MIRROR, :]
