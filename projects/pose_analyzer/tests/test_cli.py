@@ -43,7 +43,15 @@ def test_analyze_replay_writes_the_report_files(tmp_path: Path, squat_file: Path
     assert set(report) == {"input", "exercise", "backend", "fps", "frames", "people"}
     assert (report["exercise"], report["backend"], report["fps"]) == ("squat", "replay", 30.0)
     (person,) = report["people"]
-    assert set(person) == {"id", "role", "track_ids", "frames_seen", "rep_count", "reps", "anomalies"}
+    assert set(person) == {
+        "id",
+        "role",
+        "track_ids",
+        "frames_seen",
+        "rep_count",
+        "reps",
+        "anomalies",
+    }
     assert (person["role"], person["track_ids"]) == ("athlete", [1])
     assert person["rep_count"] == 4 == len(person["reps"])
     assert person["frames_seen"] == report["frames"]

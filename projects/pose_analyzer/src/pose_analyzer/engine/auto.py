@@ -9,6 +9,12 @@ their median). Its rest side is where the angle dwells (the median's side),
 which gives the direction. A drive definition is then built from that
 person's own range and counted by the same counter as any exercise, so the
 in-place check and the rep boundaries are the usual ones.
+
+A repetition repeats: each counted movement's whole-body signature (the range
+of every angle within it) is compared with the typical one (the per-angle
+median over all of them); one that differs by more than SIGNATURE_TOL_DEG on
+average is another movement that happened to cross the same thresholds (a
+crouch after jumping jacks), and does not count.
 """
 
 from __future__ import annotations
@@ -20,13 +26,16 @@ import numpy as np
 
 from pose_analyzer.biomechanics.angles import ANGLE_FAMILIES, ANGLE_INDEX, SIDES, angle_name
 from pose_analyzer.exercises.schema import DriveSpec, Exercise
+from pose_analyzer.reps import Rep
 
 AUTO = "auto"
 MIN_RANGE_DEG = 30.0  # smaller movements are posture noise, not exercise
 MIN_CYCLES = 2
 LOW, HIGH = 0.35, 0.65  # hysteresis band, fractions of the person's range
-IN_PLACE_WINDOW_S = 1.0
-IN_PLACE_TRAVEL = 0.3  # body heights per window
+IN_PLACE_WINDOW_S = 3.0
+IN_PLACE_SPEED = 0.1  # body heights per second: slower than anyone walks
+MAX_GAP_CV = 0.5  # with 4+ cycles, their intervals must be this regular
+SIGNATURE_TOL_DEG = 20.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,13 @@ def is_auto(exercise: Exercise) -> bool:
 
 
 def in_place(t: np.ndarray, anchors: np.ndarray) -> np.ndarray:
-    """Frames where the hip centre moves less than IN_PLACE_TRAVEL body heights per second."""
+    """Frames where the person is not going anywhere.
+
+    The hip centre is averaged over IN_PLACE_WINDOW_S (longer than any rep, so
+    the up-and-down of a squat or a jump averages out while walking does not);
+    where that average drifts faster than IN_PLACE_SPEED body heights per
+    second, the person is travelling.
+    """
     n = len(t)
     ok = np.isfinite(anchors).all(axis=1)
     if ok.sum() < 2:
@@ -68,9 +83,12 @@ def in_place(t: np.ndarray, anchors: np.ndarray) -> np.ndarray:
     filled = np.stack([np.interp(t, t[ok], anchors[ok, k]) for k in range(3)], axis=1)
     half = IN_PLACE_WINDOW_S / 2
     lo = np.searchsorted(t, t - half)
-    hi = np.clip(np.searchsorted(t, t + half, side="right") - 1, 0, n - 1)
-    travel = np.hypot(*(filled[hi, :2] - filled[lo, :2]).T) / np.maximum(filled[:, 2], 1.0)
-    return travel <= IN_PLACE_TRAVEL
+    hi = np.searchsorted(t, t + half, side="right")
+    csum = np.concatenate([np.zeros((1, 3)), np.cumsum(filled, axis=0)])
+    mean = (csum[hi] - csum[lo]) / (hi - lo)[:, None]
+    speed = np.hypot(*np.gradient(mean[:, :2], t, axis=0).T) if n > 1 else np.zeros(n)
+    height = float(np.median(filled[:, 2]))
+    return speed <= IN_PLACE_SPEED * max(height, 1.0)
 
 
 def _cycles(x: np.ndarray, t: np.ndarray, lo: float, hi: float) -> list[float]:
@@ -130,8 +148,8 @@ def choose_drive(t: np.ndarray, angles: np.ndarray, anchors: np.ndarray) -> Auto
             continue
         gaps = np.diff(starts)
         period = float(np.median(gaps))
-        if not np.all((gaps > period / 2) & (gaps < period * 2)):
-            continue
+        if len(gaps) >= 3 and float(np.std(gaps)) > MAX_GAP_CV * float(np.mean(gaps)):
+            continue  # jitter crossing the band at random, not a rhythm
         # Prefer both sides together unless one side alone moves clearly more.
         score = span * (1.0 if len(sides) != 1 else 0.8)
         if best is None or score > best[0]:
@@ -165,3 +183,35 @@ def choose_drive(t: np.ndarray, angles: np.ndarray, anchors: np.ndarray) -> Auto
     label = family if len(sides) != 1 else angle_name(family, sides[0])
     exercise = Exercise(name=AUTO, drive=drive, description=f"auto: {label}")
     return AutoChoice(exercise, label, period, None)
+
+
+def signature(samples: np.ndarray) -> np.ndarray:
+    """Range of every angle within one rep (NaN where unmeasured)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmax(samples, axis=0) - np.nanmin(samples, axis=0)
+
+
+class Screen:
+    """Refuses reps whose whole-body signature is not the typical one (see module doc)."""
+
+    def __init__(self, signatures: list[np.ndarray]) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.typical = np.nanmedian(np.stack(signatures), axis=0) if signatures else None
+
+    def __call__(self, rep: Rep) -> str | None:
+        if self.typical is None:
+            return None
+        diff = np.abs(signature(rep.samples) - self.typical)
+        diff = diff[np.isfinite(diff)]
+        if diff.size and float(diff.mean()) > SIGNATURE_TOL_DEG:
+            return (
+                f"a different movement: its angles differ from the typical rep's by "
+                f"{float(diff.mean()):.0f} deg on average (at most {SIGNATURE_TOL_DEG:g})"
+            )
+        return None
+
+
+def period_of(starts: list[float]) -> float | None:
+    return float(np.median(np.diff(starts))) if len(starts) >= 2 else None

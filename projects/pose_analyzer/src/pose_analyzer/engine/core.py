@@ -16,7 +16,7 @@ import numpy as np
 
 from pose_analyzer.biomechanics.angles import NUM_ANGLES, compute_angles
 from pose_analyzer.biomechanics.filters import OneEuroFilter
-from pose_analyzer.engine.auto import choose_drive, is_auto
+from pose_analyzer.engine.auto import Screen, choose_drive, is_auto, period_of, signature
 from pose_analyzer.engine.config import EngineConfig
 from pose_analyzer.engine.modes import (
     LiveIds,
@@ -94,17 +94,22 @@ def analyze_recording(
         tt = t[lo:hi]
         anchor = anchors[lo:hi, p]
         person_ex, drive_info = exercise, None
+        screen = None
         if auto:
             choice = choose_drive(tt, smooth, anchor)
             drive_info = choice.to_dict()
             person_ex = choice.exercise or exercise
-        analyzer = PersonAnalyzer(person_ex, pid, calibrate=config.calibrate)
-        if not auto or drive_info is None or drive_info.get("angle") is not None:
-            drive = np.asarray(drive_values(person_ex, smooth), dtype=np.float64)
-            velocity = _nan_gradient(drive, tt)
-            for i in range(hi - lo):
-                analyzer.step(float(tt[i]), smooth[i], float(velocity[i]), anchor[i])
-            analyzer.finish()
+            if choice.exercise is not None:
+                first = _count(PersonAnalyzer(person_ex, pid, calibrate=False), tt, smooth, anchor)
+                screen = Screen([signature(r.samples) for r in first.counted])
+        analyzer = PersonAnalyzer(person_ex, pid, calibrate=config.calibrate, screen=screen)
+        if not auto or person_ex is not exercise:
+            _count(analyzer, tt, smooth, anchor)
+        if drive_info is not None and drive_info.get("angle") is not None:
+            period = period_of([r.start_s for r in analyzer.reps])
+            drive_info["period_s"] = None if period is None else round(period, 3)
+            if not analyzer.reps:
+                drive_info["reason"] = "the repeated movement was never done in place"
         mask = present[lo:hi, p]
         entry = PersonReport(
             id=pid,
@@ -121,6 +126,18 @@ def analyze_recording(
             report.people.append(entry)
     report.people.sort(key=lambda pr: pr.id)
     return Analysis(report, identified)
+
+
+def _count(
+    analyzer: PersonAnalyzer, t: np.ndarray, smooth: np.ndarray, anchor: np.ndarray
+) -> PersonAnalyzer:
+    """Feed one person's whole smoothed series through their analyzer."""
+    drive = np.asarray(drive_values(analyzer.exercise, smooth), dtype=np.float64)
+    velocity = _nan_gradient(drive, t)
+    for i in range(len(t)):
+        analyzer.step(float(t[i]), smooth[i], float(velocity[i]), anchor[i])
+    analyzer.finish()
+    return analyzer
 
 
 @dataclass

@@ -19,7 +19,7 @@ import numpy as np
 
 from pose_analyzer.biomechanics.filters import OneEuroFilter, derivative, interpolate_gaps
 from pose_analyzer.engine.config import EngineConfig
-from pose_analyzer.engine.identity_adapter import LiveIdentity, identify_offline
+from pose_analyzer.identity import LiveIdentity, identify_offline
 from pose_analyzer.keypoints import FramePoses, PersonPose
 
 

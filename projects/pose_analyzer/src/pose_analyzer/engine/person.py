@@ -9,7 +9,9 @@ rep counter and its calibration, the anomaly baseline, the role.
 A rep the counter finds counts only if (a) every extra condition of the
 definition held (a jumping jack moves the legs too), and (b) the person stayed
 in place: the hip centre ends the rep within `drive.max_travel` body heights
-of where it started. A walker's arm swing fails (b); the reason is kept.
+of where it started (median positions over the rep's first and last thirds,
+so a jump or a noisy detection at either end does not decide it). A walker's
+arm swing fails (b); the reason is kept.
 """
 
 from __future__ import annotations
@@ -25,13 +27,13 @@ from pose_analyzer.biomechanics.angles import ANGLE_INDEX
 from pose_analyzer.exercises.schema import ConditionSpec, Exercise
 from pose_analyzer.keypoints import JOINT_INDEX
 from pose_analyzer.report import RepReport
-from pose_analyzer.reps import Rep, RepCounter
+from pose_analyzer.reps import Accept, Rep, RepCounter
 from pose_analyzer.scoring import Fault, RunningFaults, active_faults, combine, score_rep
 
 # Shoulder-to-hip distance is about 0.3 of standing height (anthropometric tables put
 # it at 0.29-0.31); unlike the box it does not change when arms or legs move.
 TRUNK_TO_HEIGHT = 0.30
-EDGE_SAMPLES = 3  # start/end positions are medians of this many samples
+EDGE_FRACTION = 1 / 3  # start/end positions: medians over the first and last third of a rep
 
 
 class Role(str, enum.Enum):
@@ -68,7 +70,7 @@ def _condition_failure(cond: ConditionSpec, samples: np.ndarray) -> str | None:
         return f"{name} was not measured during the rep"
     sign = 1.0 if cond.direction == "increase" else -1.0
     signed = sign * finite
-    moved = float(signed.max() - signed[0])
+    moved = float(signed.max() - signed.min())
     if moved < cond.min_rom_deg:
         return f"{name} moved {moved:.0f} deg, the exercise needs {cond.min_rom_deg:g} deg"
     if cond.reach_deg is not None and signed.max() < sign * cond.reach_deg:
@@ -87,8 +89,10 @@ class PersonAnalyzer:
         person_id: int,
         live: bool = False,
         calibrate: bool | None = None,
+        screen: Accept | None = None,
     ) -> None:
         self.exercise = exercise
+        self._screen = screen
         self.person_id = person_id
         self._live = RunningFaults(exercise) if live else None
         self.counter = RepCounter(exercise.drive, accept=self._accept, calibrate=calibrate)
@@ -96,6 +100,7 @@ class PersonAnalyzer:
         rule_metrics = tuple(dict.fromkeys(r.metric for r in exercise.rules))
         self.detector = AnomalyDetector(features=base + rule_metrics)
         self.reps: list[RepReport] = []
+        self.counted: list[Rep] = []  # offline only: the reps with their samples
         self.anomalies: list[Anomaly] = []
         self.frames_seen = 0
         horizon = exercise.drive.max_rep_s + 2.0
@@ -154,7 +159,7 @@ class PersonAnalyzer:
         inside = [(t, a) for t, a in self._anchors if start_s <= t <= end_s]
         if len(inside) < 2:
             return None
-        n = min(EDGE_SAMPLES, len(inside) // 2)
+        n = max(1, round(len(inside) * EDGE_FRACTION))
         first = np.median(np.stack([a for _, a in inside[:n]]), axis=0)
         last = np.median(np.stack([a for _, a in inside[-n:]]), axis=0)
         height = float(np.median([a[2] for _, a in inside]))
@@ -174,9 +179,11 @@ class PersonAnalyzer:
                 f"moved {travel:.2f} body heights during the rep (at most {limit:g}): "
                 "not exercising in place"
             )
-        return None
+        return self._screen(rep) if self._screen is not None else None
 
     def _complete(self, rep: Rep) -> RepReport:
+        if self._live is None:
+            self.counted.append(rep)
         scored = score_rep(self.exercise, rep.samples)
         metrics = {**rep.metrics(), **scored.metrics}
         report = RepReport(

@@ -41,9 +41,10 @@ class ConditionSpec:
     """A second angle a rep must also move (a jumping jack is arms AND legs).
 
     Checked over the samples of each rep the drive angle found: the condition
-    angle must rise (fall, for direction "decrease") by at least `min_rom_deg`
-    from its value at the rep's start, reach `reach_deg` if given, and never
-    pass `max_deg` if given (for "decrease": never go below it).
+    angle must move through at least `min_rom_deg` (its range within the rep:
+    robust to a noisy first sample), reach `reach_deg` if given (for direction
+    "decrease": go down to it), and never pass `max_deg` if given (for
+    "decrease": never go below it).
     """
 
     angle: str
