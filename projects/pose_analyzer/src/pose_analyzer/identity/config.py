@@ -21,7 +21,7 @@ class IdentityConfig:
     # Motion model (constant velocity per joint, Kalman): white acceleration noise and
     # measurement noise, in body heights per s^2 and body heights.
     accel_noise: float = 12.0
-    measurement_noise: float = 0.03
+    measurement_noise: float = 0.05
     max_prediction_s: float = 0.5  # coasting beyond this does not move the prediction further
     # Association: mean normalised joint distance (in sigmas of the prediction) above which
     # a detection is not the track's person; a detection is also never further than
@@ -35,12 +35,16 @@ class IdentityConfig:
     max_limb_growth: float = 0.5  # a limb longer than its reference by this fraction is wrong
     max_limb_step: float = 0.5  # a limb changing by this fraction of its reference in a frame
     swap_gain: float = 0.6  # mirrored fits this much better than as-is: left/right swapped
+    swap_persist_frames: int = 15  # a swap lasting this long is the detector's new labelling
+    swap_min_step: float = 0.08  # ...and the labels as given jumped at least this far
     duplicate_distance: float = 0.15  # two skeletons closer than this are one person
     # Re-identification.
     reacquire_s: float = 6.0  # live: how long a lost person waits to be re-acquired
     signature_gate: float = 3.0  # signature distance (in measured spreads) above: not them
     reacquire_speed: float = 1.5  # body heights per second a lost person may have moved
-    reacquire_distance: float = 0.75  # body heights of slack on top of that
+    reacquire_distance: float = 0.25  # body heights of slack on top of that
+    shadow_max_s: float = 0.5  # offline: a tracklet this short riding on another's person...
+    shadow_distance: float = 0.5  # ...within this many body heights is a second skeleton
     min_tracklet_frames: int = 4  # offline: shorter tracklets that link to nobody are noise
     max_stitch_gap_s: float = 30.0  # offline: tracklets further apart are never linked
 

@@ -9,7 +9,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from pose_analyzer.identity.config import IdentityConfig
-from pose_analyzer.identity.persons import INFEASIBLE, link_cost
+from pose_analyzer.identity.persons import INFEASIBLE, link_cost, shadow_host
 from pose_analyzer.identity.tracklets import Observation, Tracklet, TrackletTracker
 from pose_analyzer.keypoints import FramePoses, PersonPose
 
@@ -53,10 +53,14 @@ class LiveIdentity:
         if pending:
             self._confirm(pending, obs, frame.t)
         out = []
-        for o in sorted(obs, key=lambda o: o.order):
-            if o.tracklet.person is not None:
-                out.append(dataclasses.replace(o.person, track_id=o.tracklet.person))
-        return out
+        seen: set[int] = set()
+        # Main tracklets first: of two skeletons of one person, the shadow is dropped.
+        for o in sorted(obs, key=lambda o: (o.tracklet.absorbed_into is not None, o.order)):
+            pid = o.tracklet.person
+            if pid is not None and pid not in seen:
+                seen.add(pid)
+                out.append((o.order, dataclasses.replace(o.person, track_id=pid)))
+        return [p for _, p in sorted(out, key=lambda x: x[0])]
 
     def _confirm(self, pending: list[Observation], obs: list[Observation], t: float) -> None:
         cfg = self.config
@@ -75,7 +79,15 @@ class LiveIdentity:
             for r, c in zip(rows, cols, strict=True):
                 if cost[r, c] < INFEASIBLE:
                     assigned[int(r)] = lost[int(c)]
+        known = [tr for p in self._persons.values() for tr in p.tracklets]
         for i, o in enumerate(pending):
+            host = shadow_host(o.tracklet, known, cfg)
+            if host is not None and host.person is not None:
+                # A second skeleton riding on someone already known: theirs, not a person.
+                o.tracklet.person = host.person
+                o.tracklet.absorbed_into = host.tid
+                self._persons[host.person].tracklets.append(o.tracklet)
+                continue
             person = assigned.get(i)
             if person is None:
                 person = _Person(self._next_pid)

@@ -32,6 +32,8 @@ class JointKalman:
         self.accel_noise = accel_noise
         self.measurement_noise = measurement_noise
         self.max_prediction_s = max_prediction_s
+        self.unseen = np.where(ok, 0.0, np.inf)  # (J,) seconds since each joint was observed
+        self.max_speed = 6.0  # body heights per second; no joint of a person moves faster
 
     def predict(self, dt: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
         """Position (J, 2) and its variance (J,) `dt` seconds after the last observation."""
@@ -39,7 +41,9 @@ class JointKalman:
         q = (self.accel_noise * scale) ** 2
         p = self.p + self.v * min(dt, self.max_prediction_s)
         ppp = self.ppp + 2 * dt * self.ppv + dt * dt * self.pvv + q * dt**3 / 3
-        return p, ppp
+        # A joint not seen for a while says nothing about where the person is now.
+        stale = self.unseen + dt > self.max_prediction_s
+        return np.where(stale[:, None], np.nan, p), ppp
 
     def update(
         self, dt: float, xy: np.ndarray, ok: np.ndarray, conf: np.ndarray, scale: float
@@ -60,12 +64,18 @@ class JointKalman:
         s = ppp + r
         kp, kv = ppp / s, ppv / s
         innov = np.nan_to_num(xy - p)
-        fresh = ok & ~np.isfinite(p).all(axis=1)
+        self.unseen = self.unseen + dt
+        # A joint unseen for longer than a prediction is trusted starts afresh where it is.
+        fresh = ok & (~np.isfinite(p).all(axis=1) | (self.unseen > self.max_prediction_s))
         upd = ok & ~fresh
         self.p = np.where(upd[:, None], p + kp[:, None] * innov, p)
         self.p[fresh] = xy[fresh]
         self.v = np.where(upd[:, None], self.v + kv[:, None] * innov, self.v)
         self.v[fresh] = 0.0
+        speed = np.linalg.norm(self.v, axis=1, keepdims=True)
+        limit = self.max_speed * scale
+        self.v = np.where(speed > limit, self.v * limit / np.maximum(speed, 1e-9), self.v)
+        self.unseen[ok] = 0.0
         self.ppp = np.where(upd, (1 - kp) * ppp, np.where(fresh, r, ppp))
         self.ppv = np.where(upd, (1 - kp) * ppv, np.where(fresh, 0.0, ppv))
         self.pvv = np.where(upd, pvv - kv * ppv, np.where(fresh, (1.0 * scale) ** 2, pvv))

@@ -18,16 +18,17 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from pose_analyzer.identity.config import IdentityConfig
-from pose_analyzer.identity.persons import INFEASIBLE, link_cost
+from pose_analyzer.identity.persons import INFEASIBLE, link_cost, shadow_host
 from pose_analyzer.identity.tracklets import Observation, Tracklet, TrackletTracker
-from pose_analyzer.keypoints import FramePoses
+from pose_analyzer.keypoints import FramePoses, PersonPose
 
 _LINK_BONUS = 10.0  # every feasible link beats no link; cheaper links beat dearer ones
 
 
 def stitch(tracklets: list[Tracklet], config: IdentityConfig) -> list[list[Tracklet]]:
     """Chains of tracklets, each one person, in time order within a chain."""
-    chains = [[tr] for tr in sorted(tracklets, key=lambda tr: tr.t_first)]
+    _mark_shadows(tracklets, config)
+    chains = _absorbed_groups(tracklets)
     for _ in range(8):
         n = len(chains)
         if n < 2:
@@ -35,9 +36,10 @@ def stitch(tracklets: list[Tracklet], config: IdentityConfig) -> list[list[Track
         score = np.zeros((n, n))
         for i, a in enumerate(chains):
             for j, b in enumerate(chains):
-                if i != j and b[0].t_first > a[-1].t_last:
-                    c = link_cost(a, b[0], config)[0]
-                    if c < INFEASIBLE and b[0].t_first - a[-1].t_last <= config.max_stitch_gap_s:
+                first = min(b, key=lambda tr: tr.t_first)
+                if i != j and first.t_first > a[-1].t_last:
+                    c = link_cost(a, first, config)[0]
+                    if c < INFEASIBLE and first.t_first - a[-1].t_last <= config.max_stitch_gap_s:
                         score[i, j] = c - _LINK_BONUS
         if not (score < 0).any():
             break
@@ -52,9 +54,44 @@ def stitch(tracklets: list[Tracklet], config: IdentityConfig) -> list[list[Track
             while k in succ:
                 k = succ[k]
                 chain.extend(chains[k])
-            merged.append(chain)
+            merged.append(_ordered(chain))
         chains = merged
     return chains
+
+
+def _ordered(chain: list[Tracklet]) -> list[Tracklet]:
+    """Tracklets of one person ordered by when they end: chain[-1] is the last seen, and
+    (for chains built from non-overlapping links) chain[0] the first."""
+    return sorted(chain, key=lambda tr: (tr.t_last, tr.t_first))
+
+
+def _mark_shadows(tracklets: list[Tracklet], config: IdentityConfig) -> None:
+    for tr in tracklets:
+        if tr.absorbed_into is None:
+            host = shadow_host(tr, tracklets, config)
+            if host is not None:
+                tr.absorbed_into = host.tid
+
+
+def _absorbed_groups(tracklets: list[Tracklet]) -> list[list[Tracklet]]:
+    """Tracklets that followed one person side by side (one absorbed into the other)."""
+    by_id = {tr.tid: tr for tr in tracklets}
+    root: dict[int, int] = {}
+
+    def find(tid: int) -> int:
+        while tid in root:
+            tid = root[tid]
+        return tid
+
+    for tr in tracklets:
+        if tr.absorbed_into is not None and tr.absorbed_into in by_id:
+            a, b = find(tr.tid), find(tr.absorbed_into)
+            if a != b:
+                root[a] = b
+    groups: dict[int, list[Tracklet]] = {}
+    for tr in tracklets:
+        groups.setdefault(find(tr.tid), []).append(tr)
+    return sorted((_ordered(g) for g in groups.values()), key=lambda g: min(tr.t_first for tr in g))
 
 
 def identify_offline(
@@ -72,19 +109,23 @@ def identify_offline(
     ]
     chains = stitch(tracker.all_tracklets(), cfg)
     chains = [c for c in chains if sum(tr.hits for tr in c) >= cfg.min_tracklet_frames]
-    chains.sort(key=lambda c: (c[0].t_first, c[0].tid))
+    chains.sort(key=lambda c: min((tr.t_first, tr.tid) for tr in c))
     person_of: dict[int, int] = {}
     persons: dict[int, list[int]] = {}
     for pid, chain in enumerate(chains, start=1):
-        persons[pid] = [tr.tid for tr in chain]
+        persons[pid] = sorted(tr.tid for tr in chain)
         for tr in chain:
             person_of[tr.tid] = pid
     out = []
     for f, obs in zip(frames, per_frame, strict=True):
-        people = [
-            dataclasses.replace(o.person, track_id=person_of[o.tracklet.tid])
-            for o in sorted(obs, key=lambda o: o.order)
-            if o.tracklet.tid in person_of
-        ]
-        out.append(dataclasses.replace(f, people=people))
+        kept: list[tuple[int, PersonPose]] = []
+        seen: set[int] = set()
+        # Main tracklets first: of two skeletons of one person, the shadow is dropped.
+        for o in sorted(obs, key=lambda o: (o.tracklet.absorbed_into is not None, o.order)):
+            person_id = person_of.get(o.tracklet.tid)
+            if person_id is None or person_id in seen:
+                continue  # noise, or a second skeleton of someone already in the frame
+            seen.add(person_id)
+            kept.append((o.order, dataclasses.replace(o.person, track_id=person_id)))
+        out.append(dataclasses.replace(f, people=[p for _, p in sorted(kept, key=lambda x: x[0])]))
     return out, persons

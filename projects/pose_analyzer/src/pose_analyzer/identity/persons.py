@@ -67,3 +67,31 @@ def link_cost(
         return INFEASIBLE, sig, pos
     sig_term = sig / config.signature_gate if math.isfinite(sig) else 0.5
     return sig_term + pos + gap / max(config.max_stitch_gap_s, 1e-9), sig, pos
+
+
+def shadow_host(tr: Tracklet, others: list[Tracklet], config: IdentityConfig) -> Tracklet | None:
+    """The tracklet whose person `tr` is a second skeleton of, if any: a short tracklet
+    that, in most of the frames it has, sits within `shadow_distance` body heights of an
+    older tracklet's observation in the same frame (a duplicate that the per-frame test
+    let through, e.g. a skeleton on the lower half of someone)."""
+    if tr.t_last - tr.t_first > config.shadow_max_s:
+        return None
+    mine = dict(zip(tr.frames, zip(tr.centres, tr.scales, strict=True), strict=True))
+    votes: dict[int, int] = {}
+    for other in others:
+        if other is tr or other.hits <= tr.hits or other.t_last < tr.t_first:
+            continue
+        if other.t_first > tr.t_last:
+            continue
+        for f, oc, os_ in zip(other.frames, other.centres, other.scales, strict=True):
+            m = mine.get(f)
+            if m is not None and np.linalg.norm(m[0] - oc) < config.shadow_distance * max(
+                m[1], os_
+            ):
+                votes[id(other)] = votes.get(id(other), 0) + 1
+    if not votes:
+        return None
+    best = max(votes, key=lambda k: votes[k])
+    if votes[best] < 0.5 * len(tr.frames):
+        return None
+    return next(o for o in others if id(o) == best)

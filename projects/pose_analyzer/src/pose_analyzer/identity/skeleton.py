@@ -7,6 +7,8 @@ handled in one numpy expression.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 
 from pose_analyzer.keypoints import JOINT_INDEX, JOINTS
@@ -42,6 +44,7 @@ LIMBS: tuple[tuple[str, str], ...] = (
 )
 LIMB_A = np.array([J[a] for a, _ in LIMBS], dtype=np.intp)
 LIMB_B = np.array([J[b] for _, b in LIMBS], dtype=np.intp)
+LIMB_MIRROR = np.arange(len(LIMBS)).reshape(-1, 2)[:, ::-1].ravel()  # left row <-> right row
 
 # Signature segments: each a left/right pair of LIMBS rows (the longer of the two
 # sides is used: foreshortening only ever shortens a segment in the image).
@@ -148,6 +151,13 @@ def signature_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np
     )
     z2 = (va - vb) ** 2 / var
     return float(np.sqrt(z2[both].mean()))
+
+
+def nanmedian(a: np.ndarray, axis: int) -> np.ndarray:
+    """np.nanmedian without the warning for all-NaN rows (those give NaN)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.asarray(np.nanmedian(a, axis=axis))
 
 
 def mirrored(poses: np.ndarray) -> np.ndarray:

@@ -22,12 +22,15 @@ from pose_analyzer.identity.config import IdentityConfig
 from pose_analyzer.identity.motion import JointKalman
 from pose_analyzer.identity.skeleton import (
     LIMB_B,
+    LIMB_MIRROR,
+    MIRROR,
     body_scale,
     centre,
     confident,
     frame_signatures,
     limb_lengths,
     mirrored,
+    nanmedian,
 )
 from pose_analyzer.keypoints import PersonPose
 
@@ -56,6 +59,19 @@ class Tracklet:
     limbs: deque[np.ndarray] = field(default_factory=lambda: deque(maxlen=_LIMB_HISTORY))
     swaps: int = 0  # left/right swaps undone
     rejected_joints: int = 0
+    absorbed_into: int | None = None  # closed as a duplicate follower of that tracklet
+    swap_run: int = 0  # consecutive frames whose labels had to be mirrored
+    relabelled: int = 0  # times the detector's new labelling was adopted
+
+    def adopt_mirror(self) -> None:
+        """Mirror the tracklet's own state, so the detector's current labels fit as-is."""
+        k = self.kalman
+        k.p, k.v = k.p[MIRROR], k.v[MIRROR]
+        k.ppp, k.ppv, k.pvv = k.ppp[MIRROR], k.ppv[MIRROR], k.pvv[MIRROR]
+        self.last = self.last[MIRROR]
+        self.limbs = deque((row[LIMB_MIRROR] for row in self.limbs), maxlen=self.limbs.maxlen)
+        self.swap_run = 0
+        self.relabelled += 1
 
     def limb_reference(self) -> np.ndarray:
         """Per limb, the long end of its recent lengths (NaN until enough were seen)."""
@@ -115,14 +131,10 @@ class TrackletTracker:
 
     # -- cleaning -------------------------------------------------------------------------
 
-    def _duplicates(
-        self, kp: np.ndarray, ok: np.ndarray, scale: np.ndarray, quality: np.ndarray
-    ) -> np.ndarray:
-        """(D,) bool: a skeleton that is a second detection of another, better one."""
+    def _closeness(self, kp: np.ndarray, ok: np.ndarray, scale: np.ndarray) -> np.ndarray:
+        """(D, D) median joint distance between skeletons (either labelling), in body
+        heights of the smaller one; inf on the diagonal and without 3 shared joints."""
         d = kp.shape[0]
-        drop = np.zeros(d, dtype=bool)
-        if d < 2:
-            return drop
         cfg = self.config
         alts = (kp, mirrored(kp))
         best = np.full((d, d), np.inf)
@@ -131,24 +143,60 @@ class TrackletTracker:
             both = ok[:, None, :] & alt_ok[None, :, :]
             dist = np.linalg.norm(kp[:, None, :, :2] - alt[None, :, :, :2], axis=-1)
             shared = both.sum(axis=-1)
-            mean = np.where(both, dist, 0.0).sum(axis=-1) / np.maximum(shared, 1)
-            norm = mean / np.minimum(scale[:, None], scale[None, :])
+            # The median joint: a second skeleton on one person often shares the torso
+            # and places a limb or two elsewhere.
+            med = nanmedian(np.where(both, dist, np.nan), axis=-1) if d else dist
+            norm = np.nan_to_num(med, nan=np.inf) / np.minimum(scale[:, None], scale[None, :])
             best = np.minimum(best, np.where(shared >= 3, norm, np.inf))
         np.fill_diagonal(best, np.inf)
-        for i in np.argsort(-quality):  # best first keeps; its near copies go
+        return best
+
+    def _suppress_duplicates(
+        self, close: np.ndarray, quality: np.ndarray, assigned: dict[int, tuple[Tracklet, bool]]
+    ) -> np.ndarray:
+        """(D,) bool: skeletons that are a second detection of someone. Of two skeletons
+        on one place the one continuing an established tracklet stays (else the better
+        one); both stay when each continues its own established tracklet: that is two
+        people overlapping (one walking past the other), not one person seen twice."""
+        cfg = self.config
+        d = close.shape[0]
+        drop = np.zeros(d, dtype=bool)
+
+        def established(k: int) -> Tracklet | None:
+            a = assigned.get(k)
+            return a[0] if a is not None and a[0].hits >= cfg.min_hits else None
+
+        for i in np.argsort(-quality):
             if drop[i]:
                 continue
-            drop |= (best[i] < cfg.duplicate_distance) & (np.arange(d) != i) & ~drop[i]
+            for j in np.flatnonzero(close[i] < cfg.duplicate_distance):
+                if drop[j] or drop[i]:
+                    continue
+                ti, tj = established(int(i)), established(int(j))
+                if ti is not None and tj is not None and ti is not tj:
+                    continue
+                loser = int(i) if (tj is not None and ti is None) else int(j)
+                drop[loser] = True
+                assigned.pop(loser, None)
         return drop
 
     # -- association ----------------------------------------------------------------------
 
     def _costs(
         self, kp: np.ndarray, ok: np.ndarray, scale: np.ndarray, t: float
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """(T, D) cost as-is and mirrored, in mean sigmas; _INFEASIBLE outside the gate."""
+    ) -> tuple[np.ndarray, ...]:
+        """(T, D) arrays, each as-is and mirrored: the assignment cost (mean negative
+        log-likelihood per joint under the prediction; _INFEASIBLE outside the gate), the
+        mean normalised distance (sigmas) and the median joint distance to the last
+        observation in body heights (what a left/right swap is judged on).
+
+        The likelihood, not the distance in sigmas, decides who gets a detection: a
+        track coasting for a while has a wide prediction, so everything is "near" it in
+        sigmas, and it would steal the detection of a person seen a frame ago."""
         cfg = self.config
         out: list[np.ndarray] = []
+        sigmas: list[np.ndarray] = []
+        jumps: list[np.ndarray] = []
         tr_scale = np.array([tr.scale for tr in self.active])
         pred, var, last = [], [], []
         for tr in self.active:
@@ -163,7 +211,12 @@ class TrackletTracker:
         for alt, alt_ok in ((kp, ok), (mirrored(kp), mirrored(ok[..., None])[..., 0])):
             both = tr_ok[:, None, :] & alt_ok[None, :, :]
             shared = both.sum(axis=-1)
+            step = np.linalg.norm(last_a[:, None] - alt[None, :, :, :2], axis=-1)
+            with np.errstate(all="ignore"):
+                med = nanmedian(np.where(both, step, np.nan), axis=-1)
+            jumps.append(np.nan_to_num(med, nan=np.inf) / tr_scale[:, None])
             best = np.full(shared.shape, np.inf)
+            best_sig = np.full(shared.shape, np.inf)
             # Someone who stepped out often comes back where they left, not where their
             # last motion pointed: a coasting track may also match at its last place.
             places = [(pred_a, np.ones(len(self.active), dtype=bool)), (last_a, coasting)]
@@ -172,8 +225,11 @@ class TrackletTracker:
                     continue
                 dist = np.linalg.norm(place[:, None] - alt[None, :, :, :2], axis=-1)
                 dist = np.where(both, np.nan_to_num(dist), 0.0)
-                z = np.minimum(dist / np.sqrt(var_a[:, None, :] + r[:, None, None]), 10.0)
+                sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
+                z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
                 sig = z.sum(axis=-1) / np.maximum(shared, 1)
+                log_sd = np.where(both, np.log(sd / np.sqrt(r)[:, None, None]), 0.0)
+                nll = (0.5 * z**2 + log_sd).sum(axis=-1) / np.maximum(shared, 1)
                 px = dist.sum(axis=-1) / np.maximum(shared, 1) / tr_scale[:, None]
                 feasible = (
                     rows[:, None]
@@ -181,9 +237,13 @@ class TrackletTracker:
                     & (sig <= cfg.gate_sigmas)
                     & (px <= cfg.max_match_distance)
                 )
-                best = np.minimum(best, np.where(feasible, sig, np.inf))
+                nll = np.where(feasible, nll, np.inf)
+                better = nll < best
+                best = np.where(better, nll, best)
+                best_sig = np.where(better, sig, best_sig)
             out.append(np.where(np.isfinite(best), best, _INFEASIBLE))
-        return out[0], out[1]
+            sigmas.append(np.where(np.isfinite(best_sig), best_sig, _INFEASIBLE))
+        return out[0], out[1], sigmas[0], sigmas[1], jumps[0], jumps[1]
 
     def step(self, people: list[PersonPose], t: float, position: int) -> list[Observation]:
         """Associate one frame's detections; returns the kept ones with their tracklets."""
@@ -195,7 +255,11 @@ class TrackletTracker:
         self._last_t = t
         still: list[Tracklet] = []
         for tr in self.active:
-            (still if t - tr.t_last <= cfg.max_age_s else self.closed).append(tr)
+            # A tentative tracklet (fewer than min_hits frames) that misses a frame was a
+            # flicker, not a person: it does not coast, or it would grab someone else.
+            tentative_miss = tr.hits < cfg.min_hits and t - tr.t_last > 1.5 * self._frame_dt
+            alive = t - tr.t_last <= cfg.max_age_s and not tentative_miss
+            (still if alive else self.closed).append(tr)
         self.active = still
         if not people:
             return []
@@ -205,34 +269,57 @@ class TrackletTracker:
         keep = ok.sum(axis=1) >= cfg.min_joints
         self.dropped_small += int((~keep).sum())
         scale = body_scale(kp, cfg.min_keypoint_confidence)
-        quality = ok.sum(axis=1) * np.array([p.score for p in people]) + keep * 1000
-        dup = self._duplicates(kp, ok & keep[:, None], scale, quality) & keep
-        self.dropped_duplicates += int(dup.sum())
-        keep &= ~dup
         idx = np.flatnonzero(keep)
         if idx.size == 0:
             return []
         kp, ok, scale = kp[idx], ok[idx], scale[idx]
+        quality = ok.sum(axis=1) * np.array([people[int(i)].score for i in idx])
 
         assigned: dict[int, tuple[Tracklet, bool]] = {}
         if self.active:
-            direct, mirror = self._costs(kp, ok, scale, t)
+            direct, mirror, z_direct, z_mirror, step, step_m = self._costs(kp, ok, scale, t)
             hits = np.array([tr.hits for tr in self.active])[:, None]
-            use_mirror = (mirror < cfg.swap_gain * direct) & (mirror < _INFEASIBLE) & (hits >= 3)
+            # A swap is a jump of the labels, not a motion: the mirrored skeleton must sit
+            # clearly nearer the last observation than the skeleton as given, and fit the
+            # motion model better too. A person seen side-on (left and right joints close)
+            # never qualifies, so a real turn is not "corrected".
+            use_mirror = (
+                (hits >= 5)
+                & (mirror < _INFEASIBLE)
+                & (z_mirror < cfg.swap_gain * z_direct)
+                & (step > cfg.swap_min_step)
+                & (step_m < cfg.swap_gain * step)
+            ) | ((direct >= _INFEASIBLE) & (mirror < _INFEASIBLE))
             cost = np.where(use_mirror, mirror, direct)
+            # Two tracklets on one place: the established one takes the detection.
+            cost = np.where(cost < _INFEASIBLE, cost + 0.5 / hits, cost)
             rows, cols = linear_sum_assignment(cost)
             for r_, c_ in zip(rows, cols, strict=True):
                 if cost[r_, c_] < _INFEASIBLE:
                     assigned[int(c_)] = (self.active[int(r_)], bool(use_mirror[r_, c_]))
 
+        dup = self._suppress_duplicates(self._closeness(kp, ok, scale), quality, assigned)
+        self.dropped_duplicates += int(dup.sum())
+        if self.active:
+            self._absorb_redundant(kp, ok, scale, assigned, z_direct, z_mirror, t)
         out: list[Observation] = []
         for k in range(len(idx)):
+            if dup[k]:
+                continue
             pose = kp[k].copy()
             if k in assigned:
                 tr, swap = assigned[k]
                 if swap:
                     pose = mirrored(pose)
                     tr.swaps += 1
+                    tr.swap_run += 1
+                    if tr.swap_run >= cfg.swap_persist_frames:
+                        # The detector has settled on the other labelling: follow it
+                        # rather than correct it for the rest of the tracklet.
+                        tr.adopt_mirror()
+                        pose = mirrored(pose)
+                else:
+                    tr.swap_run = 0
                 pose = self._plausible(tr, pose, t)
                 if pose is None:
                     self.dropped_impossible += 1
@@ -244,6 +331,55 @@ class TrackletTracker:
             cleaned = dataclasses.replace(src, keypoints=pose.astype(np.float32), track_id=None)
             out.append(Observation(cleaned, tr, int(idx[k])))
         return out
+
+    def _absorb_redundant(
+        self,
+        kp: np.ndarray,
+        ok: np.ndarray,
+        scale: np.ndarray,
+        assigned: dict[int, tuple[Tracklet, bool]],
+        direct: np.ndarray,
+        mirror: np.ndarray,
+        t: float,
+    ) -> None:
+        """Resolve two tracklets following one person (one was born from a duplicate
+        skeleton): an unmatched tracklet whose prediction sits on a detection another
+        tracklet took would otherwise steal that person's detection every other frame.
+        The one with more history keeps the detection; the other is closed and
+        remembered as absorbed into it (offline puts both into one person)."""
+        cfg = self.config
+        matched = {id(tr) for tr, _ in assigned.values()}
+        rows = {id(tr): i for i, tr in enumerate(self.active)}
+        for tr in list(self.active):
+            if id(tr) in matched or tr not in self.active:
+                continue
+            p, _ = tr.kalman.predict(t - tr.t_last, tr.scale)
+            both = np.isfinite(p).all(axis=-1)[None, :] & ok
+            enough = both.sum(axis=1) >= 3
+            if not enough.any():
+                continue
+            dist = np.linalg.norm(p[None] - kp[..., :2], axis=-1)
+            with np.errstate(all="ignore"):
+                med = nanmedian(np.where(both, dist, np.nan), axis=1)
+            limit = cfg.duplicate_distance * np.minimum(scale, tr.scale)
+            r = rows[id(tr)]
+            # Only a detection this tracklet could itself have taken (inside its own gate).
+            fits = np.minimum(direct[r], mirror[r]) < cfg.gate_sigmas / 2
+            close = enough & fits & (np.nan_to_num(med, nan=np.inf) < limit)
+            near = [k for k in np.flatnonzero(close) if k in assigned]
+            if not near:
+                continue
+            k = int(near[0])
+            other, _ = assigned[k]
+            if tr.hits > other.hits:
+                assigned[k] = (tr, bool(mirror[r, k] < direct[r, k]))
+                loser, winner = other, tr
+            else:
+                loser, winner = tr, other
+            self.active.remove(loser)
+            self.closed.append(loser)
+            loser.absorbed_into = winner.tid
+            matched = {id(x) for x, _ in assigned.values()}
 
     # -- plausibility ---------------------------------------------------------------------
 
