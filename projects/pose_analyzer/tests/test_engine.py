@@ -89,9 +89,9 @@ def test_calibration_never_goes_below_the_floor(monkeypatch, exercises) -> None:
         ("min_rom_deg = 190.0", "drive.also[0].min_rom_deg", "can never hold"),
         ("reach_deg = 50.0\nmax_deg = 40.0", "drive.also[0].reach_deg", "can never be reached"),
         ("min_rom_deg = 30.0\nmax_deg = 20.0", "drive.also[0].min_rom_deg", "can never hold"),
-        ("direction = \"sideways\"\nmin_rom_deg = 5.0", "drive.also[0].direction", "not one of"),
+        ('direction = "sideways"\nmin_rom_deg = 5.0', "drive.also[0].direction", "not one of"),
         ("colour = 1\nmin_rom_deg = 5.0", "drive.also[0].colour", "unknown key"),
-        ("combine = \"mean\"", "drive.also[0]", "needs min_rom_deg, reach_deg or max_deg"),
+        ('combine = "mean"', "drive.also[0]", "needs min_rom_deg, reach_deg or max_deg"),
     ],
 )
 def test_impossible_conditions_name_file_and_field(tmp_path, snippet, field, words) -> None:
@@ -199,7 +199,10 @@ def test_real_clip_counting_with_labelled_identities(demo, exercises) -> None:
     assert refused and all("not exercising in place" in r.reason for r in refused)
     auto = analyze_recording(frames, "auto", 30.0).report
     assert {p.id: p.rep_count for p in auto.people} == {1: athlete["reps"], 2: 0}
-    assert auto.people[0].drive == {"angle": "shoulder_elevation", "period_s": pytest.approx(1.2, abs=0.2)}
+    assert auto.people[0].drive == {
+        "angle": "shoulder_elevation",
+        "period_s": pytest.approx(1.2, abs=0.2),
+    }
 
 
 def test_real_clip_through_the_whole_engine(demo, exercises) -> None:

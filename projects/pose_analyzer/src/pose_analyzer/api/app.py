@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import json
 import logging
 import secrets
 import uuid
@@ -300,6 +301,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await websocket.close(code=4404, reason=f"no stream {stream_id}")
             return
         await websocket.accept()
+        if runner.finished.is_set():  # too late for frames: the closing summary, then close
+            if runner.final_message is not None:
+                await websocket.send_text(json.dumps(runner.final_message))
+            await websocket.close(code=1000, reason="stream ended")
+            return
         client = runner.hub.add(websocket, want_frames=frames)
         metrics.ws_clients.inc()
         try:

@@ -136,6 +136,7 @@ class StreamRunner:
         self.finished = asyncio.Event()
         self.finished_at: float | None = None
         self.session_status = "live"
+        self.final_message: dict[str, Any] | None = None  # the closing summary, once ended
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -281,7 +282,8 @@ class StreamRunner:
             tail = await loop.run_in_executor(self._executor, self.engine.finish)
             await self._persist(tail, self.stats.frames_processed)
         final = FrameResult(index=-1, t=0.0, people=[], athletes=self.engine.athletes())
-        self.hub.publish(self._summary(final), None)
+        self.final_message = self._summary(final)
+        self.hub.publish(self.final_message, None)
         failed = bool(self.error) or self.reader.state == StreamState.FAILED
         status = "failed" if failed else "ended"
         self.session_status = status
