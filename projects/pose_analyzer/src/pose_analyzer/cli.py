@@ -56,11 +56,12 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _exercises(args: argparse.Namespace) -> int:
-    from pose_analyzer.recordings import USER_ERRORS, describe_exercises
+    from pose_analyzer.exercises.registry import describe_exercises
+    from pose_analyzer.exercises.schema import ExerciseDefinitionError
 
     try:
         lines = describe_exercises()
-    except USER_ERRORS as exc:
+    except ExerciseDefinitionError as exc:
         return _fail(str(exc))
     print("\n".join(lines))
     return 0

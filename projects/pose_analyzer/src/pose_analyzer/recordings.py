@@ -35,7 +35,7 @@ from pose_analyzer.exercises import (
 )
 from pose_analyzer.keypoints import FramePoses, ModelNotFoundError
 from pose_analyzer.report import Report
-from pose_analyzer.video import VideoError, VideoWriter, draw_pose, open_video
+from pose_analyzer.video import VideoError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     VideoError,
@@ -166,6 +166,8 @@ def analyze_input(
             frames, exercise, fps, config=config, input=label, backend=backend, on_frame=on_frame
         )
         return analysis, (frames[0].width, frames[0].height), None
+    from pose_analyzer.video import open_video
+
     source = open_video(input_path, prefetch=4)  # checks the file before any model loads
     if on_total is not None:
         on_total(source.frame_count)
@@ -214,6 +216,7 @@ def _annotate(
     progress: bool | None,
 ) -> None:
     from pose_analyzer.plotting import traced_angles
+    from pose_analyzer.video import VideoWriter, draw_pose, open_video
 
     names = traced_angles(exercise)
     people = {p.id: p for p in report.people}
@@ -285,23 +288,3 @@ def run_analysis(
     if export_keypoints is not None:
         paths["keypoints"] = Path(export_keypoints)
     return report, paths
-
-
-def describe_exercises() -> list[str]:
-    """One line per exercise definition, for `pose-analyzer exercises`."""
-    from pose_analyzer.exercises import BUILTIN_DIR, load_exercises
-
-    lines = [
-        f"{'auto':<16} {'any':<5} the dominant repeated movement of each athlete, "
-        "no definition (recordings only)"
-    ]
-    for name, ex in load_exercises().items():
-        d = ex.drive
-        sides = f" ({', '.join(d.sides)}; {d.combine})" if len(d.columns()) > 1 else ""
-        origin = "" if ex.source is None or ex.source.parent == BUILTIN_DIR else f"  [{ex.source}]"
-        lines.append(
-            f"{name:<16} {ex.view:<5} {d.angle}{sides} {d.direction}: down {d.down_deg:g}, "
-            f"up {d.up_deg:g} deg, min {d.min_rep_s:g} s; faults: "
-            f"{', '.join(r.code for r in ex.rules)}{origin}"
-        )
-    return lines

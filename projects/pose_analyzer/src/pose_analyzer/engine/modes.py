@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
 from pose_analyzer.biomechanics.filters import OneEuroFilter, derivative, interpolate_gaps
 from pose_analyzer.engine.config import EngineConfig
-from pose_analyzer.identity import LiveIdentity, identify_offline
 from pose_analyzer.keypoints import FramePoses, PersonPose
 
 
@@ -35,6 +35,8 @@ def identify_recording(
     if carries_ids(frames):
         ids = sorted({int(p.track_id) for f in frames for p in f.people if p.track_id is not None})
         return list(frames), {i: [i] for i in ids}
+    from pose_analyzer.identity import identify_offline  # lazy: scipy.optimize is slow to import
+
     return identify_offline(frames)
 
 
@@ -42,7 +44,7 @@ class LiveIds:
     """Live identity: the source's ids while every person so far had one, else causal tracking."""
 
     def __init__(self) -> None:
-        self._identity: LiveIdentity | None = None
+        self._identity: Any = None  # pose_analyzer.identity.LiveIdentity, made on first need
         self._source_ids: set[int] = set()
 
     def update(self, frame: FramePoses) -> list[PersonPose]:
@@ -50,13 +52,17 @@ class LiveIds:
             self._source_ids.update(int(p.track_id) for p in frame.people if p.track_id is not None)
             return frame.people
         if self._identity is None:
+            from pose_analyzer.identity import LiveIdentity
+
             self._identity = LiveIdentity()
-        return self._identity.update(frame)
+        people: list[PersonPose] = self._identity.update(frame)
+        return people
 
     def tracklets(self) -> dict[int, list[int]]:
         if self._identity is None:
             return {i: [i] for i in sorted(self._source_ids)}
-        return self._identity.tracklets()
+        tracklets: dict[int, list[int]] = self._identity.tracklets()
+        return tracklets
 
 
 def _nan_gradient(values: np.ndarray, t: np.ndarray) -> np.ndarray:

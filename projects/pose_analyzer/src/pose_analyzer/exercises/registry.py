@@ -24,14 +24,20 @@ class UnknownExerciseError(KeyError):
 
 
 def user_dirs() -> list[Path]:
-    """Extra definition directories: settings' `exercises_dir` if set, else $POSE_EXERCISES_DIR."""
-    dirs: list[Path] = []
-    try:
-        from pose_analyzer.settings import get_settings
+    """Extra definition directories: settings' `exercises_dir` if set, else $POSE_EXERCISES_DIR.
 
-        configured = getattr(get_settings(), "exercises_dir", None)
-    except Exception:
-        configured = None
+    Settings are consulted only where they are already loaded (the service): the
+    env var is the same one (prefix POSE_), and importing pydantic-settings would
+    cost the CLI most of its start-up time.
+    """
+    dirs: list[Path] = []
+    configured = None
+    settings_module = sys.modules.get("pose_analyzer.settings")
+    if settings_module is not None:
+        try:
+            configured = getattr(settings_module.get_settings(), "exercises_dir", None)
+        except Exception:
+            configured = None
     if configured:
         dirs.append(Path(configured))
     env = os.environ.get(ENV_VAR)
@@ -88,3 +94,22 @@ def get_exercise(name: str, extra_dirs: list[Path] | None = None) -> Exercise:
             f"unknown exercise {name!r}; known exercises: {', '.join(exercises)}, or auto"
         )
     return exercises[name]
+
+
+def describe_exercises() -> list[str]:
+    """One line per exercise definition, for `pose-analyzer exercises`."""
+    lines = [
+        f"{AUTO:<16} {'any':<5} the dominant repeated movement of each athlete, "
+        "no definition (recordings only)"
+    ]
+    for name, ex in load_exercises().items():
+        d = ex.drive
+        sides = f" ({', '.join(d.sides)}; {d.combine})" if len(d.columns()) > 1 else ""
+        also = "".join(f" + {c.angle}" for c in d.also)
+        origin = "" if ex.source is None or ex.source.parent == BUILTIN_DIR else f"  [{ex.source}]"
+        lines.append(
+            f"{name:<16} {ex.view:<5} {d.angle}{sides}{also} {d.direction}: down "
+            f"{d.down_deg:g}, up {d.up_deg:g} deg, min {d.min_rep_s:g} s; faults: "
+            f"{', '.join(r.code for r in ex.rules)}{origin}"
+        )
+    return lines
