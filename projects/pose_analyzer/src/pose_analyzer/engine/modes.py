@@ -44,7 +44,12 @@ class LiveIds:
     """Live identity: the source's ids while every person so far had one, else causal tracking."""
 
     def __init__(self) -> None:
-        self._identity: Any = None  # pose_analyzer.identity.LiveIdentity, made on first need
+        # Imported now, when the stream starts, not at its first frame: the import takes
+        # long enough (scipy.optimize) for a live source to drop the frames behind it.
+        from pose_analyzer.identity import LiveIdentity
+
+        self._make = LiveIdentity
+        self._identity: Any = None  # made once a frame arrives without source ids
         self._source_ids: set[int] = set()
 
     def update(self, frame: FramePoses) -> list[PersonPose]:
@@ -52,9 +57,7 @@ class LiveIds:
             self._source_ids.update(int(p.track_id) for p in frame.people if p.track_id is not None)
             return frame.people
         if self._identity is None:
-            from pose_analyzer.identity import LiveIdentity
-
-            self._identity = LiveIdentity()
+            self._identity = self._make()
         people: list[PersonPose] = self._identity.update(frame)
         return people
 
