@@ -4,8 +4,8 @@
 1. MediaPipe: frames/s of the bare detector on frames already in memory,
    against frames/s of the whole pipeline on the same video in the same run
    (decode on a prefetch thread, detect, track, and, when
-   `pose_analyzer.analysis.StreamAnalyzer` is available, angles, reps and
-   scoring). ratio = pipeline fps / detector fps; the goal is >= 0.95.
+   the live engine (`pose_analyzer.engine.LiveEngine`: identity, angles,
+   reps, scoring). ratio = pipeline fps / detector fps; the goal is >= 0.95.
    Runs alternate (detector, pipeline, detector, ...) so that load from other
    processes hits both alike; figures are medians over the repeats.
 2. YOLO11n-pose built from the yaml shipped in ultralytics (random weights:
@@ -36,7 +36,6 @@ import numpy as np
 from pose_analyzer.detectors.mediapipe_backend import MediaPipeDetector, resolve_model_path
 from pose_analyzer.keypoints import FramePoses
 from pose_analyzer.settings import get_settings
-from pose_analyzer.tracking import Tracker
 from pose_analyzer.video import open_video
 
 RESULTS = Path(__file__).resolve().parent / "results" / "pose_pipeline.json"
@@ -49,13 +48,11 @@ def cpu_seconds() -> float:
 
 
 def _stream_analyzer():
-    """The other half of the pipeline (angles, reps, score), if it is installed."""
-    try:
-        from pose_analyzer.analysis import StreamAnalyzer
-        from pose_analyzer.exercises.registry import get_exercise
-    except ImportError:
-        return None
-    return lambda: StreamAnalyzer(get_exercise("squat"), tracker=Tracker())
+    """The other half of the pipeline (identity, angles, reps, score): the live engine."""
+    from pose_analyzer.engine import LiveEngine
+    from pose_analyzer.exercises.registry import get_exercise
+
+    return lambda: LiveEngine(get_exercise("squat"))
 
 
 def decode_all(path: Path) -> tuple[list[np.ndarray], float]:
@@ -86,8 +83,7 @@ def run_detector(model: Path, frames: list[np.ndarray], fps: float) -> dict[str,
 
 def run_pipeline(model: Path, path: Path, make_analyzer, prefetch: int) -> dict[str, float]:
     detector = MediaPipeDetector(model)
-    analyzer = make_analyzer() if make_analyzer else None
-    tracker = None if analyzer else Tracker()
+    analyzer = make_analyzer()
     stages = {"detect": 0.0, "track_analyze": 0.0}
     frames = 0
     try:
@@ -97,10 +93,7 @@ def run_pipeline(model: Path, path: Path, make_analyzer, prefetch: int) -> dict[
                 t0 = time.perf_counter()
                 people = detector.detect_one(frame, t)
                 t1 = time.perf_counter()
-                if analyzer is not None:
-                    analyzer.update(FramePoses(index, t, src.width, src.height, people))
-                else:
-                    tracker.update(people, t)
+                analyzer.update(FramePoses(index, t, src.width, src.height, people))
                 stages["detect"] += t1 - t0
                 stages["track_analyze"] += time.perf_counter() - t1
                 frames += 1

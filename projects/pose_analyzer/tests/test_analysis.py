@@ -234,10 +234,11 @@ def test_live_velocity_follows_the_motion(exercises) -> None:
 
 
 def test_live_state_forgets_passers_by(exercises) -> None:
+    from pose_analyzer.engine import EngineConfig
     from pose_analyzer.keypoints import FramePoses
 
     rec = make_recording("squat", 2, crosser=True)
-    analyzer = StreamAnalyzer(exercises["squat"], forget_after_s=1.0)
+    analyzer = StreamAnalyzer(exercises["squat"], config=EngineConfig(forget_after_s=1.0))
     for frame in rec.frames:
         analyzer.update(frame)
     assert analyzer.track_ids == [1, 2]

@@ -38,12 +38,21 @@ def test_analyze_replay_writes_the_report_files(tmp_path: Path, squat_file: Path
     out = tmp_path / "out"
     rc, stdout, _ = run(capsys, "analyze", str(squat_file), "--exercise", "squat",
                         "--out", str(out), "--no-video")  # fmt: skip
-    assert rc == 0 and "person 1: 4 reps" in stdout
+    assert rc == 0 and "person 1 (athlete): 4 reps" in stdout
     report = json.loads((out / "report.json").read_text())
     assert set(report) == {"input", "exercise", "backend", "fps", "frames", "people"}
     assert (report["exercise"], report["backend"], report["fps"]) == ("squat", "replay", 30.0)
     (person,) = report["people"]
-    assert set(person) == {"id", "frames_seen", "rep_count", "reps", "anomalies"}
+    assert set(person) == {
+        "id",
+        "role",
+        "track_ids",
+        "frames_seen",
+        "rep_count",
+        "reps",
+        "anomalies",
+    }
+    assert (person["role"], person["track_ids"]) == ("athlete", [1])
     assert person["rep_count"] == 4 == len(person["reps"])
     assert person["frames_seen"] == report["frames"]
     for i, rep in enumerate(person["reps"], start=1):
@@ -242,7 +251,7 @@ def test_real_video_export_then_replay(tmp_path: Path, capsys, sample_video: Pat
 
 
 def test_library_entry_point_with_progress(tmp_path: Path, capsys) -> None:
-    from pose_analyzer.pipeline import run_analysis
+    from pose_analyzer.recordings import run_analysis
 
     path = make_recording("jumping_jack", 1, size=(960, 1080)).write(tmp_path / "j.jsonl")
     report, paths = run_analysis(path, "jumping_jack", out_dir=tmp_path / "o", progress=True)

@@ -10,6 +10,7 @@ from service_helpers import REPO, make_data_dir, running_server
 from synthetic import make_recording
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+REAL = Path(__file__).parent / "data" / "real"
 ARTIFACTS = REPO / "test-artifacts"
 
 pytestmark = [
@@ -23,6 +24,7 @@ pytestmark = [
 def server(tmp_path_factory: pytest.TempPathFactory):
     data = make_data_dir(tmp_path_factory.mktemp("pose-page"))
     make_recording("squat", 6, fps=30.0, tempo=(0.7, 0.1, 0.7, 0.3)).write(data / "squats.jsonl")
+    shutil.copy(REAL / "sports2d_demo.jsonl", data / "demo.jsonl")
     with running_server(data, f"sqlite:///{data.parent / 'page.db'}") as srv:
         yield srv
 
@@ -110,3 +112,42 @@ def test_a_bad_source_shows_the_service_message(server, page) -> None:
         "() => document.querySelector('#form-error').textContent.length > 0", timeout=30_000
     )
     assert "outside the data directory" in page.inner_text("#form-error")
+
+
+def test_four_streams_in_a_2x2_grid_and_ended_cards_keep_their_summary(server, page) -> None:
+    """The Sports2D clip (labels_reps.toml: the athlete does 2 jumping jacks, a passer-by
+    walks through) on four streams, replayed as fast as they go: the four cards form a
+    2x2 grid, each counts its athlete's reps only, and once the streams end their cards
+    stay with the session summary until dismissed."""
+    import httpx
+
+    page.goto(server.url + "/")
+    page.wait_for_selector("#f-exercise option[value=squat]", state="attached", timeout=30_000)
+    with httpx.Client(base_url=server.url, timeout=30) as http:
+        for _ in range(4):
+            r = http.post(
+                "/streams",
+                json={"source": "demo.jsonl", "exercise": "jumping_jack", "realtime": False},
+            )
+            assert r.status_code == 201, r.text
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 4", timeout=30_000)
+    boxes = [page.locator(".card").nth(i).bounding_box() for i in range(4)]
+    assert all(b is not None for b in boxes)
+    xs = sorted({round(b["x"]) for b in boxes if b})
+    ys = sorted({round(b["y"]) for b in boxes if b})
+    assert len(xs) == 2 and len(ys) == 2, boxes  # two columns, two rows
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.card')].every(c => c.classList.contains('ended')"
+        " && c.querySelector('.summary').textContent.includes('reps'))",
+        timeout=60_000,
+    )
+    for i in range(4):
+        card = page.locator(".card").nth(i)
+        assert card.locator(".reps").inner_text() == "2"
+        assert "athlete #" in card.locator(".athletes").inner_text()
+        assert "2 reps" in card.locator(".summary").inner_text()
+        assert card.locator(".stop").inner_text() == "Dismiss"
+    page.screenshot(path=str(ARTIFACTS / "live-page-ended.png"), full_page=True)
+    page.locator(".card .stop").first.click()
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 3", timeout=10_000)
+    assert not page.errors, page.errors

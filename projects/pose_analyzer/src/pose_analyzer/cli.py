@@ -28,7 +28,8 @@ def _fail(message: str) -> int:
 
 
 def _analyze(args: argparse.Namespace) -> int:
-    from pose_analyzer.pipeline import USER_ERRORS, run_analysis
+    from pose_analyzer.engine.config import EngineConfig
+    from pose_analyzer.recordings import USER_ERRORS, run_analysis
 
     try:
         report, paths = run_analysis(
@@ -39,10 +40,15 @@ def _analyze(args: argparse.Namespace) -> int:
             out_dir=args.out,
             video=not args.no_video,
             export_keypoints=args.export_keypoints,
+            config=EngineConfig(calibrate=False) if args.no_calibrate else None,
         )
     except USER_ERRORS as exc:
         return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
-    reps = ", ".join(f"person {p.id}: {p.rep_count} reps" for p in report.people)
+    reps = ", ".join(
+        f"person {p.id} ({p.role}): {p.rep_count} reps"
+        + (f" of {p.drive['angle']}" if p.drive and p.drive.get("angle") else "")
+        for p in report.people
+    )
     print(f"{report.frames} frames, {reps or 'nobody detected'}")
     for path in paths.values():
         print(f"wrote {path}")
@@ -50,11 +56,12 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _exercises(args: argparse.Namespace) -> int:
-    from pose_analyzer.pipeline import USER_ERRORS, describe_exercises
+    from pose_analyzer.exercises.registry import describe_exercises
+    from pose_analyzer.exercises.schema import ExerciseDefinitionError
 
     try:
         lines = describe_exercises()
-    except USER_ERRORS as exc:
+    except ExerciseDefinitionError as exc:
         return _fail(str(exc))
     print("\n".join(lines))
     return 0
@@ -69,7 +76,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=_serve)
     analyze = sub.add_parser("analyze", help="analyze a video or keypoint file into a report")
     analyze.add_argument("input", help="video file, or keypoint JSON Lines with --backend replay")
-    analyze.add_argument("--exercise", required=True, help="exercise name (see `exercises`)")
+    analyze.add_argument(
+        "--exercise",
+        required=True,
+        help="exercise name (see `exercises`), or auto: each athlete's dominant repeated movement",
+    )
     analyze.add_argument(
         "--backend",
         choices=("mediapipe", "yolo", "replay"),
@@ -81,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--no-video", action="store_true", help="do not write annotated.mp4")
     analyze.add_argument(
         "--export-keypoints", default=None, metavar="F", help="also write the poses as JSON Lines"
+    )
+    analyze.add_argument(
+        "--no-calibrate",
+        action="store_true",
+        help="count with the definition's thresholds only (no per-athlete calibration)",
     )
     analyze.set_defaults(func=_analyze)
     exercises = sub.add_parser("exercises", help="list the exercise definitions")

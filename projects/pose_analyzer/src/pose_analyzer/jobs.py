@@ -8,7 +8,9 @@ The analysis itself, from opening the video to a Report, is ``_analyze``; the
 rest is bookkeeping: progress (in memory while running, written to the row
 about once a second), report.json and angles.csv in data/jobs/<id>/, the
 session and its reps in the database like a live stream's, and deleting the
-upload when the job ends (after ``upload_retention_s``).
+upload when the job ends (after ``upload_retention_s``). The analysis goes
+through the same driver as `pose-analyzer analyze` (recordings.py, the
+engine's offline entry).
 """
 
 from __future__ import annotations
@@ -24,16 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pose_analyzer.analysis import analyze_frames
 from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.keypoints import FramePoses
 from pose_analyzer.metrics import PoseMetrics
+from pose_analyzer.recordings import USER_ERRORS, analyze_input, write_outputs
 from pose_analyzer.report import Report
 from pose_analyzer.storage import Database, JobRow
 from pose_analyzer.storage.models import utcnow
 from pose_analyzer.streams.memory import release_memory
-from pose_analyzer.tracking import Tracker
-from pose_analyzer.video import VideoError, open_video
 
 log = logging.getLogger(__name__)
 
@@ -240,9 +240,6 @@ class JobRunner:
                 backend=job.backend,
             )
             report = self._analyze(job)
-            job.out_dir.mkdir(parents=True, exist_ok=True)
-            report.write_json(job.out_dir / "report.json")
-            report.write_csv(job.out_dir / "angles.csv")
             for person in report.people:
                 for rep in person.reps:
                     self.db.add_rep(job.id, person.id, rep.to_dict(), job.frames_done)
@@ -252,7 +249,7 @@ class JobRunner:
             state = "succeeded"
         except JobCancelled:
             state, error = "cancelled", "cancelled by request"
-        except VideoError as exc:
+        except USER_ERRORS as exc:
             error = str(exc)
         except Exception as exc:  # the job fails, the service goes on
             log.exception("analysis job %s failed", job.id)
@@ -310,34 +307,29 @@ class JobRunner:
                 log.warning("job %s: progress not stored: %s", job.id, exc)
 
     def _analyze(self, job: _Active) -> Report:
-        """The analysis of one upload: the video in, a Report out (the rest is bookkeeping)."""
-        from pose_analyzer.detectors import create_detector
+        """The analysis of one upload: the same driver as `pose-analyzer analyze`
+        (recordings.py), the upload in, a Report and its files out."""
 
-        video = open_video(job.input)
-        job.frames_total = video.frame_count
-        kw: dict[str, Any] = {"mode": "video", "models_dir": self.models_dir}
-        detector = create_detector(
-            job.backend, job.model, **(kw if job.backend == "mediapipe" else {})
+        def on_total(total: int | None) -> None:
+            job.frames_total = total
+
+        options = (
+            {"mode": "video", "models_dir": self.models_dir} if job.backend == "mediapipe" else {}
         )
-        try:
-
-            def frames() -> Any:
-                for index, t, image in video:
-                    people = detector.detect([image], [t])[0]
-                    yield FramePoses(index, t, video.width, video.height, people)
-
-            return analyze_frames(
-                frames(),
-                job.exercise,
-                video.fps,
-                input=job.filename,
-                backend=job.backend,
-                tracker=Tracker(),
-                on_frame=lambda frame: self._on_frame(job, frame),
-            )
-        finally:
-            detector.close()
-            video.close()
+        analysis, _, _ = analyze_input(
+            job.input,
+            job.exercise,
+            backend=job.backend,
+            model=job.model,
+            detector_options=options,
+            progress=False,
+            on_frame=lambda frame: self._on_frame(job, frame),
+            on_total=on_total,
+        )
+        report = analysis.report
+        report.input = job.filename
+        write_outputs(report, job.exercise, job.out_dir)
+        return report
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:

@@ -46,6 +46,10 @@ class PersonReport:
     id: int
     frames_seen: int
     reps: list[RepReport] = field(default_factory=list)
+    role: str = "bystander"  # "athlete": did at least one counted rep
+    track_ids: list[int] = field(default_factory=list)  # tracklets merged into this person
+    # --exercise auto: the angle that drove the count and its period, or why none did.
+    drive: dict[str, Any] | None = None
     anomalies: list[Anomaly] = field(default_factory=list)
     # Per-frame series behind the numbers (not in report.json): times and angles.
     t: np.ndarray = field(default_factory=lambda: np.zeros(0))
@@ -56,13 +60,18 @@ class PersonReport:
         return len(self.reps)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "id": self.id,
+            "role": self.role,
+            "track_ids": list(self.track_ids or [self.id]),
             "frames_seen": self.frames_seen,
             "rep_count": self.rep_count,
             "reps": [r.to_dict() for r in self.reps],
             "anomalies": [a.to_dict() for a in self.anomalies],
         }
+        if self.drive is not None:
+            out["drive"] = self.drive
+        return out
 
 
 @dataclass

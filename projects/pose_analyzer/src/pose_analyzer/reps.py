@@ -7,18 +7,34 @@ settled at rest again, so start and end times mark the real movement and not
 the threshold crossings. Missing samples are skipped; a gap longer than
 `max_gap_s` inside a rep, a rep longer than `max_rep_s`, or one shorter than
 `min_rep_s` is dropped, never counted.
+
+A rep the state machine found is then checked before it counts: the drive
+angle must have moved `min_rom_deg`, and the caller's `accept` hook (the
+engine's: the other angles of the definition moved, the athlete stayed in
+place) may refuse it with a reason; refused reps are kept in `rejected`.
+
+Calibration (on unless the definition says `calibrate = false`): a person whose
+movement keeps turning back short of `down_deg` has their own range. After two
+such excursions (each lasting at least `min_rep_s` and peaking between
+`calibrate_floor_deg` and `down_deg`), the down threshold moves to 90% of the
+way from `up_deg` to their median peak. It only ever lowers the threshold
+toward what that person does, never below the floor the definition allows, and
+it is causal, so live and offline counting agree.
 """
 
 from __future__ import annotations
 
 import enum
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from pose_analyzer.exercises.schema import DriveSpec
 
+CALIBRATION_EXCURSIONS = 2  # short excursions seen before the threshold adapts
+CALIBRATION_FRACTION = 0.9  # of the way from up_deg to the median short peak
 HOLD_S = 0.3  # at rest and no lower for this long after returning: the rep is over
 SETTLED_DEG = 0.5  # a new low by less than this does not restart that wait
 
@@ -76,15 +92,41 @@ class _Sample:
     payload: np.ndarray
 
 
+@dataclass(frozen=True)
+class Rejected:
+    """A movement the state machine found that did not count, and why."""
+
+    start_s: float
+    end_s: float
+    reason: str
+
+
+Accept = Callable[[Rep], str | None]  # None: the rep counts; else the reason it does not
+
+
 class RepCounter:
     """Counts reps of one person from (t, drive value, drive velocity, payload) samples."""
 
-    def __init__(self, drive: DriveSpec, hold_s: float = HOLD_S) -> None:
+    def __init__(
+        self,
+        drive: DriveSpec,
+        hold_s: float = HOLD_S,
+        accept: Accept | None = None,
+        calibrate: bool | None = None,
+    ) -> None:
         self.drive = drive
         self.sign = 1.0 if drive.direction == "increase" else -1.0
-        self.down = self.sign * drive.down_deg
+        self.defined_down = self.sign * drive.down_deg
+        self.down = self.defined_down
         self.up = self.sign * drive.up_deg
+        self.floor = self.sign * drive.floor_deg
+        self.calibrate = drive.calibrate if calibrate is None else calibrate
         self.hold_s = hold_s
+        self.accept = accept
+        self.rejected: list[Rejected] = []
+        self._short_peaks: deque[float] = deque(maxlen=5)
+        self._exc_peak = -np.inf
+        self._exc_t0: float | None = None
         self.count = 0
         self.phase = Phase.WAIT
         self._buf: deque[_Sample] = deque()
@@ -133,8 +175,10 @@ class RepCounter:
             self._trim(t)
         elif self.phase is Phase.REST:
             if v >= self.down:
+                self._exc_t0 = None
                 self._begin_rep()
             else:
+                self._watch_excursion(t, v)
                 self._trim(t)
         elif self.phase is Phase.EXTREME:
             if t - self._buf[self._start].t > self.drive.max_rep_s:
@@ -149,6 +193,33 @@ class RepCounter:
         if self.phase is Phase.RETURN:
             return self._finish_rep()
         return None
+
+    @property
+    def down_deg(self) -> float:
+        """The down threshold in use (the definition's, or the calibrated one)."""
+        return self.sign * self.down
+
+    def _watch_excursion(self, t: float, v: float) -> None:
+        """At rest, an excursion past up_deg that turns back short of down: calibration."""
+        if not self.calibrate:
+            return
+        if v > self.up:
+            if self._exc_t0 is None:
+                self._exc_t0, self._exc_peak = t, v
+            self._exc_peak = max(self._exc_peak, v)
+            return
+        if self._exc_t0 is None:
+            return
+        lasted = t - self._exc_t0
+        peak, self._exc_t0 = self._exc_peak, None
+        if lasted < self.drive.min_rep_s or peak < self.floor:
+            return  # a twitch, or a movement too small for this exercise at all
+        self._short_peaks.append(peak)
+        if len(self._short_peaks) >= CALIBRATION_EXCURSIONS:
+            target = self.up + CALIBRATION_FRACTION * (
+                float(np.median(self._short_peaks)) - self.up
+            )
+            self.down = min(self.defined_down, max(self.floor, target))
 
     def _trim(self, t: float) -> None:
         horizon = t - self.drive.max_rep_s
@@ -199,9 +270,8 @@ class RepCounter:
         speeds = np.array([s.speed for s in samples[: end + 1]])
         peak = float(np.nanmax(speeds)) if np.isfinite(speeds).any() else float("nan")
         values = self.sign * rep_v
-        self.count += 1
-        return Rep(
-            index=self.count,
+        rep = Rep(
+            index=self.count + 1,
             start_s=float(rep_t[0]),
             end_s=float(rep_t[-1]),
             extreme_s=float(rep_t[ext]),
@@ -214,3 +284,16 @@ class RepCounter:
             sample_t=rep_t,
             samples=np.stack([s.payload for s in samples[: end + 1]]),
         )
+        reason = None
+        if rep.rom_deg < self.drive.min_rom_deg:
+            reason = (
+                f"moved {rep.rom_deg:.0f} deg, less than the {self.drive.min_rom_deg:g} deg "
+                "range of motion the exercise needs"
+            )
+        elif self.accept is not None:
+            reason = self.accept(rep)
+        if reason is not None:
+            self.rejected.append(Rejected(rep.start_s, rep.end_s, reason))
+            return None
+        self.count += 1
+        return rep

@@ -83,6 +83,9 @@ class StreamInfo(BaseModel):
     session_id: str
     created_at: dt.datetime
     rep_counts: dict[str, int]
+    athletes: dict[str, int] = Field(
+        default_factory=dict, description="person id -> reps, for every athlete so far"
+    )
     session_status: str | None = None
 
 

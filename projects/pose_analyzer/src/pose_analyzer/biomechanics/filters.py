@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import numpy.typing as npt
-from scipy.signal import butter, filtfilt
 
 
 def interpolate_gaps(series: npt.ArrayLike, max_gap: int) -> np.ndarray:
@@ -51,6 +50,8 @@ def butterworth_filtfilt(
     Runs too short for filtfilt's padding are left unfiltered, and so is
     everything when the cutoff is not below Nyquist.
     """
+    from scipy.signal import butter, filtfilt  # lazy: ~0.5 s of start-up otherwise
+
     x = np.array(series, dtype=np.float64)
     nyquist = fps / 2.0
     if x.shape[0] < 2 or not (0 < cutoff_hz < nyquist):

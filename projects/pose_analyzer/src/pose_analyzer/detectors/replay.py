@@ -20,6 +20,13 @@ import numpy.typing as npt
 
 from pose_analyzer.keypoints import JOINT_INDEX, JOINTS, FramePoses, PersonPose, empty_pose
 
+# What a keypoint file may be called, everywhere (CLI, uploads, live sources).
+KEYPOINT_SUFFIXES: tuple[str, ...] = (".jsonl", ".ndjson")
+
+
+def is_keypoint_file(path: str | Path) -> bool:
+    return Path(path).suffix.lower() in KEYPOINT_SUFFIXES
+
 
 class KeypointFileError(ValueError):
     """A keypoint file is missing, unreadable or malformed; the message names file and line."""

@@ -9,6 +9,7 @@ from pose_analyzer.exercises.registry import (
     load_file,
 )
 from pose_analyzer.exercises.schema import (
+    ConditionSpec,
     DriveSpec,
     Exercise,
     ExerciseDefinitionError,
@@ -19,6 +20,7 @@ from pose_analyzer.exercises.schema import (
 __all__ = [
     "BUILTIN_DIR",
     "ENV_VAR",
+    "ConditionSpec",
     "DriveSpec",
     "Exercise",
     "ExerciseDefinitionError",

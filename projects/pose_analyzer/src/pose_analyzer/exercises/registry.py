@@ -15,6 +15,7 @@ from pose_analyzer.exercises.schema import Exercise, ExerciseDefinitionError, ex
 
 BUILTIN_DIR = Path(__file__).with_name("definitions")
 ENV_VAR = "POSE_EXERCISES_DIR"
+AUTO = "auto"  # not a file: the engine finds each athlete's own movement
 
 
 class UnknownExerciseError(KeyError):
@@ -23,14 +24,20 @@ class UnknownExerciseError(KeyError):
 
 
 def user_dirs() -> list[Path]:
-    """Extra definition directories: settings' `exercises_dir` if set, else $POSE_EXERCISES_DIR."""
-    dirs: list[Path] = []
-    try:
-        from pose_analyzer.settings import get_settings
+    """Extra definition directories: settings' `exercises_dir` if set, else $POSE_EXERCISES_DIR.
 
-        configured = getattr(get_settings(), "exercises_dir", None)
-    except Exception:
-        configured = None
+    Settings are consulted only where they are already loaded (the service): the
+    env var is the same one (prefix POSE_), and importing pydantic-settings would
+    cost the CLI most of its start-up time.
+    """
+    dirs: list[Path] = []
+    configured = None
+    settings_module = sys.modules.get("pose_analyzer.settings")
+    if settings_module is not None:
+        try:
+            configured = getattr(settings_module.get_settings(), "exercises_dir", None)
+        except Exception:
+            configured = None
     if configured:
         dirs.append(Path(configured))
     env = os.environ.get(ENV_VAR)
@@ -48,6 +55,11 @@ def load_file(path: Path) -> Exercise:
     except OSError as exc:
         raise ExerciseDefinitionError(f"{path}: cannot read ({exc.strerror})") from None
     exercise = exercise_from_dict(data, source=path)
+    if exercise.name == AUTO:
+        raise ExerciseDefinitionError(
+            f"{path.name}.name: 'auto' is reserved (the dominant repeated movement); "
+            "rename the exercise and its file"
+        )
     if exercise.name != path.stem:
         raise ExerciseDefinitionError(
             f"{path.name}.name: {exercise.name!r} must match the file name {path.stem!r}"
@@ -71,10 +83,15 @@ def load_exercises(extra_dirs: list[Path] | None = None) -> dict[str, Exercise]:
 
 
 def get_exercise(name: str, extra_dirs: list[Path] | None = None) -> Exercise:
+    """The definition called `name`; "auto" gives the engine's stand-in (engine/auto.py)."""
+    if name == AUTO:
+        from pose_analyzer.engine.auto import placeholder
+
+        return placeholder()
     exercises = load_exercises(extra_dirs)
     if name not in exercises:
         raise UnknownExerciseError(
-            f"unknown exercise {name!r}; known exercises: {', '.join(exercises)}"
+            f"unknown exercise {name!r}; known exercises: {', '.join(exercises)}, or auto"
         )
     return exercises[name]
 
@@ -142,15 +159,36 @@ class ExerciseCatalog:
         self._signature = signature
 
     def get(self, name: str) -> Exercise:
+        if name == AUTO:
+            return get_exercise(AUTO)
         self.refresh()
         if name in self.exercises:
             return self.exercises[name]
         if name in self.errors:
             raise ExerciseDefinitionError(self.errors[name])
         raise UnknownExerciseError(
-            f"unknown exercise {name!r}; known exercises: {', '.join(self.exercises)}"
+            f"unknown exercise {name!r}; known exercises: {', '.join(self.exercises)}, or auto"
         )
 
     def all(self) -> dict[str, Exercise]:
         self.refresh()
         return self.exercises
+
+
+def describe_exercises() -> list[str]:
+    """One line per exercise definition, for `pose-analyzer exercises`."""
+    lines = [
+        f"{AUTO:<16} {'any':<5} the dominant repeated movement of each athlete, "
+        "no definition (recordings only)"
+    ]
+    for name, ex in load_exercises().items():
+        d = ex.drive
+        sides = f" ({', '.join(d.sides)}; {d.combine})" if len(d.columns()) > 1 else ""
+        also = "".join(f" + {c.angle}" for c in d.also)
+        origin = "" if ex.source is None or ex.source.parent == BUILTIN_DIR else f"  [{ex.source}]"
+        lines.append(
+            f"{name:<16} {ex.view:<5} {d.angle}{sides}{also} {d.direction}: down "
+            f"{d.down_deg:g}, up {d.up_deg:g} deg, min {d.min_rep_s:g} s; faults: "
+            f"{', '.join(r.code for r in ex.rules)}{origin}"
+        )
+    return lines

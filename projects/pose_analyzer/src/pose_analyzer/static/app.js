@@ -1,5 +1,7 @@
-// Live page of pose_analyzer: a card per running stream (video + skeleton, angles,
-// reps, score, fault cues), start/stop controls and a session history.
+// Live page of pose_analyzer: a card per stream (video + skeleton, angles, the
+// athletes' rep totals, score, fault cues), start/stop controls and a session history.
+// Bystanders are drawn grey and never add to a card's reps; a stream that ended keeps
+// its card with the session summary until dismissed. Four cards lay out as 2x2.
 "use strict";
 
 const params = new URLSearchParams(location.search);
@@ -19,7 +21,8 @@ const BONES = [["left_shoulder", "right_shoulder"], ["left_hip", "right_hip"],
   ["nose", "right_eye"], ["left_eye", "left_ear"], ["right_eye", "right_ear"]];
 const COLORS = ["#58a6ff", "#f778ba", "#3fb950", "#d29922", "#a371f7", "#39c5cf"];
 
-const cards = new Map(); // stream id -> {el, ws, image, last}
+const cards = new Map(); // stream id -> {el, ws, image, last, athletes, ended}
+const BYSTANDER = "#6e7681";
 
 function api(path, options = {}) {
   const headers = Object.assign({}, options.headers || {});
@@ -47,10 +50,11 @@ function makeCard(stream) {
   const node = document.getElementById("card-template").content.firstElementChild.cloneNode(true);
   node.dataset.stream = stream.id;
   node.querySelector(".title").textContent = `${stream.exercise} · ${stream.source}`;
-  node.querySelector(".stop").addEventListener("click", () => stopStream(stream.id));
+  const card = { el: node, ws: null, image: null, last: null, stream, athletes: {}, ended: false };
+  node.querySelector(".stop").addEventListener("click", () => (card.ended ? dismiss(stream.id) : stopStream(stream.id)));
   document.getElementById("grid").appendChild(node);
-  const card = { el: node, ws: null, image: null, last: null, stream };
   cards.set(stream.id, card);
+  layout();
   connect(card);
   return card;
 }
@@ -61,6 +65,8 @@ function connect(card) {
   card.ws = ws;
   ws.onmessage = (event) => {
     const msg = JSON.parse(event.data);
+    for (const a of msg.athletes || []) card.athletes[a.id] = a.rep_count;
+    if (msg.final) { showTotals(card); return; } // the closing summary: no frame to draw
     card.last = msg;
     if (msg.jpeg) {
       const img = new Image();
@@ -88,7 +94,8 @@ function draw(card) {
   if (card.image) ctx.drawImage(card.image, 0, 0, canvas.width, canvas.height);
   if (!msg) return;
   msg.people.forEach((person, i) => {
-    const color = COLORS[person.id % COLORS.length] || COLORS[i % COLORS.length];
+    const athlete = person.role === "athlete";
+    const color = athlete ? COLORS[person.id % COLORS.length] || COLORS[i % COLORS.length] : BYSTANDER;
     const kp = person.keypoints;
     ctx.strokeStyle = color; ctx.fillStyle = color; ctx.lineWidth = 3;
     for (const [a, b] of BONES) {
@@ -101,19 +108,64 @@ function draw(card) {
       ctx.beginPath(); ctx.arc(p[0] * scale, p[1] * scale, 3, 0, 2 * Math.PI); ctx.fill();
     }
     const hip = kp[J.left_hip] || kp[J.nose];
-    if (hip) { ctx.font = "bold 14px system-ui"; ctx.fillText(`#${person.id} reps ${person.rep_count}`, hip[0] * scale + 6, hip[1] * scale); }
+    const label = athlete ? `#${person.id} athlete · ${person.rep_count} reps` : `#${person.id} bystander`;
+    if (hip) { ctx.font = "bold 14px system-ui"; ctx.fillText(label, hip[0] * scale + 6, hip[1] * scale); }
   });
   canvas.dataset.frame = msg.frame; // lets tests see the canvas advance
 }
 
+function layout() {
+  // One card fills the row; two to four share two columns (four streams: a 2x2 grid).
+  const grid = document.getElementById("grid");
+  grid.dataset.count = String(Math.min(cards.size, 4));
+}
+
+function showTotals(card) {
+  // A card's reps are its athletes' totals: every athlete of the stream, seen now or not.
+  const entries = Object.entries(card.athletes).sort((a, b) => Number(a[0]) - Number(b[0]));
+  card.el.querySelector(".reps").textContent = entries.reduce((n, [, v]) => n + v, 0);
+  card.el.querySelector(".athletes").textContent = entries.length
+    ? entries.map(([id, n]) => `athlete #${id}: ${n}`).join(" · ") : "no athlete yet";
+}
+
+async function endCard(card, state) {
+  // The stream is over: keep the card, with the session's summary from the database.
+  if (card.ended) return;
+  card.ended = true;
+  const st = card.el.querySelector(".state");
+  st.textContent = state || "ended"; st.className = `state badge ${state || "ended"}`;
+  card.el.classList.add("ended");
+  card.el.querySelector(".stop").textContent = "Dismiss";
+  try {
+    const s = await api(`/sessions/${card.stream.id}`);
+    const totals = {};
+    for (const r of s.reps) totals[r.person_id] = (totals[r.person_id] || 0) + 1;
+    card.athletes = totals;
+    const scores = s.reps.map((r) => r.score);
+    card.el.querySelector(".summary").textContent =
+      `session ${s.status}: ${s.reps.length} reps` + (scores.length ? `, mean score ${fmt(scores.reduce((a, b) => a + b, 0) / scores.length)}` : "");
+  } catch (err) {
+    card.el.querySelector(".summary").textContent = `session summary unavailable: ${err.message}`;
+  }
+  showTotals(card);
+}
+
+function dismiss(id) {
+  const card = cards.get(id);
+  if (!card) return;
+  card.ws && card.ws.close();
+  card.el.remove();
+  cards.delete(id);
+  layout();
+}
+
 function update(card, msg) {
   const el = card.el;
-  const person = msg.people[0];
+  const person = msg.people.find((p) => p.role === "athlete") || msg.people[0];
   const state = el.querySelector(".state");
   state.textContent = msg.state; state.className = `state badge ${msg.state}`;
   el.querySelector(".people").textContent = msg.people.length;
-  const reps = msg.people.reduce((n, p) => n + p.rep_count, 0);
-  el.querySelector(".reps").textContent = reps;
+  showTotals(card);
   if (person) {
     el.querySelector(".score").textContent = fmt(person.last_rep_score);
     const faults = el.querySelector(".faults");
@@ -133,10 +185,12 @@ async function refresh() {
       const card = cards.get(s.id) || makeCard(s);
       card.el.querySelector(".fps").textContent = fmt(s.fps, 1);
       if (!card.last) { const st = card.el.querySelector(".state"); st.textContent = s.state; st.className = `state badge ${s.state}`; }
-      if (!card.ws && (s.state === "live" || s.state === "connecting" || s.state === "reconnecting")) connect(card);
+      const running = s.state === "live" || s.state === "connecting" || s.state === "reconnecting";
+      if (!card.ws && running) connect(card);
+      if (!running && s.state !== "connecting") endCard(card, s.state);
     }
-    for (const [id, card] of cards) if (!ids.has(id)) { card.ws && card.ws.close(); card.el.remove(); cards.delete(id); }
-    document.getElementById("empty").hidden = streams.length > 0;
+    for (const [id, card] of cards) if (!ids.has(id)) endCard(card, card.ended ? null : "ended");
+    document.getElementById("empty").hidden = cards.size > 0;
     document.getElementById("status").textContent = `${streams.length} stream(s)`;
   } catch (err) {
     document.getElementById("status").textContent = `service unreachable: ${err.message}`;

@@ -13,6 +13,8 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from gpu_optimizer.storage.guard import StorageUnavailable
+
+from pose_analyzer.engine.auto import is_auto
 from pose_analyzer.exercises.registry import get_exercise
 from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.metrics import PoseMetrics
@@ -20,7 +22,7 @@ from pose_analyzer.settings import Settings
 from pose_analyzer.storage import Database
 from pose_analyzer.streams.batching import BatchingDetector
 from pose_analyzer.streams.memory import release_memory
-from pose_analyzer.streams.pipeline import StreamConfig, StreamRunner
+from pose_analyzer.streams.runner import StreamConfig, StreamRunner
 from pose_analyzer.streams.sources import Source, SourceError, SourcePolicy, parse_source
 from pose_analyzer.video import VideoError, open_video
 
@@ -75,6 +77,11 @@ class StreamManager:
             parse_source, source, Path(self.settings.data_dir), self.policy
         )
         definition = get_exercise(exercise) if isinstance(exercise, str) else exercise
+        if is_auto(definition):
+            raise StreamRequestError(
+                "exercise 'auto' needs the whole recording; analyze the file with POST "
+                "/analyze, or name an exercise for a live stream"
+            )
         backend = backend or ("replay" if parsed.keypoints else self.settings.default_backend)
         if backend not in BACKENDS:
             raise StreamRequestError(

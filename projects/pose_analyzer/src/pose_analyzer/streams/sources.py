@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
+from pose_analyzer.detectors.replay import KEYPOINT_SUFFIXES
+
 URL_SCHEMES = ("rtsp", "rtsps", "http", "https", "udp", "tcp")
 MAX_SOURCE_CHARS = 2048
 MAX_NAME_BYTES = 255  # one path component (ext4, xfs, btrfs)
@@ -32,7 +34,6 @@ ALWAYS_REFUSED = tuple(
 )
 SAFE_MULTICAST = tuple(ipaddress.ip_network(n) for n in ("239.0.0.0/8", "ff05::/16", "ff08::/16"))
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg", ".ts")
-KEYPOINT_SUFFIXES = (".jsonl",)  # keypoint files (replay backend)
 
 
 class SourceError(ValueError):

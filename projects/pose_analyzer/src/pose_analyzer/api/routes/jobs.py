@@ -14,10 +14,10 @@ from pose_analyzer.api.deps import CatalogDep, JobsDep, SettingsDep
 from pose_analyzer.api.errors import responses
 from pose_analyzer.api.schemas import JobInfo, JobState
 from pose_analyzer.streams.manager import StreamRequestError, check_model
-from pose_analyzer.streams.sources import VIDEO_SUFFIXES
+from pose_analyzer.streams.sources import KEYPOINT_SUFFIXES, VIDEO_SUFFIXES
 
 router = APIRouter(tags=["jobs"])
-UploadBackend = Literal["mediapipe", "yolo"]
+UploadBackend = Literal["mediapipe", "yolo", "replay"]
 
 
 @router.post(
@@ -31,22 +31,36 @@ async def analyze(
     catalog: CatalogDep,
     settings: SettingsDep,
     response: Response,
-    file: Annotated[UploadFile, File(description="a video file")],
+    file: Annotated[UploadFile, File(description="a video file or a keypoint file (.jsonl)")],
     exercise: Annotated[str, Form(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_-]+$")],
-    backend: Annotated[UploadBackend, Form()] = "mediapipe",
+    backend: Annotated[UploadBackend | None, Form()] = None,
     model: Annotated[str | None, Form(max_length=512)] = None,
 ) -> dict[str, Any]:
-    """Store the upload and queue its analysis; poll the job's `url` for progress and report."""
+    """Store the upload and queue its analysis; poll the job's `url` for progress and report.
+
+    Without a backend, a keypoint file is replayed and a video goes to the service's
+    default backend (and, for MediaPipe, its default model)."""
     definition = catalog.get(exercise)
     if model is not None and "\x00" in model:
         raise StreamRequestError("model must not contain NUL bytes")
-    await asyncio.to_thread(check_model, backend, model, settings.models_dir)
     name = Path(file.filename or "upload").name[:255]
     suffix = Path(name).suffix.lower()
-    if suffix not in VIDEO_SUFFIXES:
+    keypoints = suffix in KEYPOINT_SUFFIXES
+    if suffix not in VIDEO_SUFFIXES and not keypoints:
         raise HTTPException(
-            415, f"unsupported file {name!r}; upload a video ({', '.join(VIDEO_SUFFIXES)})"
+            415,
+            f"unsupported file {name!r}; upload a video ({', '.join(VIDEO_SUFFIXES)}) "
+            f"or a keypoint file ({', '.join(KEYPOINT_SUFFIXES)})",
         )
+    chosen: str = backend or ("replay" if keypoints else settings.default_backend)
+    if (chosen == "replay") != keypoints:
+        raise HTTPException(
+            422, f"the replay backend reads keypoint files and only those; got {name!r}"
+        )
+    if model is None and chosen == "mediapipe":
+        model = settings.default_model
+    if chosen != "replay":
+        await asyncio.to_thread(check_model, chosen, model, settings.models_dir)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     dest = settings.uploads_dir / f"{uuid.uuid4().hex[:12]}{suffix}"
     try:
@@ -63,7 +77,7 @@ async def analyze(
         dest.unlink(missing_ok=True)
         raise HTTPException(400, f"{name} is empty (0 bytes)")
     try:
-        job = await asyncio.to_thread(jobs.submit, dest, name, definition, backend, model)
+        job = await asyncio.to_thread(jobs.submit, dest, name, definition, chosen, model)
     except Exception:
         dest.unlink(missing_ok=True)
         raise

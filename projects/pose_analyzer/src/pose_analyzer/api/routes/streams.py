@@ -64,6 +64,11 @@ async def stream_socket(websocket: WebSocket, stream_id: str, frames: bool = Fal
     if runner is None:
         await websocket.close(code=WS_NOT_FOUND, reason=f"no stream {stream_id[:64]}")
         return
+    if runner.finished.is_set():  # too late for frames: the closing summary, then close
+        if runner.final_message is not None:
+            await websocket.send_text(json.dumps(runner.final_message))
+        await websocket.close(code=1000, reason="stream ended")
+        return
     client = runner.hub.add(websocket, want_frames=frames)
     metrics.ws_clients.inc()
     try:

@@ -1,10 +1,10 @@
-"""`pose-analyzer analyze`: a recorded video or keypoint file in, the report files out.
+"""Recordings (a video or a keypoint file) through the engine into report files.
 
-Pass 1 decodes, detects and tracks (or reads a keypoint file) into poses,
-exporting them on request; the offline analysis then needs the whole series
-(zero-phase filtering); pass 2 re-decodes the video to draw annotated.mp4.
-Every failure a user can cause is raised as one of USER_ERRORS with a
-message that says what was wrong; the CLI prints it as one line.
+The driver behind `pose-analyzer analyze` and the upload jobs: it decodes and
+detects (or reads a keypoint file), feeds the engine's offline entry, and
+writes report.json, angles.csv and angles.png (and, for the CLI, annotated.mp4,
+which re-decodes the video). It analyzes nothing itself. Every failure a user
+can cause is one of USER_ERRORS with a message that says what was wrong.
 """
 
 from __future__ import annotations
@@ -13,13 +13,20 @@ import contextlib
 import statistics
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from pose_analyzer.analysis import AnalysisConfig, IdAssigner, analyze_frames
-from pose_analyzer.biomechanics import ANGLE_INDEX
+from pose_analyzer.biomechanics.angles import ANGLE_INDEX
 from pose_analyzer.detectors import create_detector
-from pose_analyzer.detectors.replay import KeypointFileError, KeypointWriter, read_keypoints
+from pose_analyzer.detectors.replay import (
+    KEYPOINT_SUFFIXES,
+    KeypointFileError,
+    KeypointWriter,
+    is_keypoint_file,
+    read_keypoints,
+)
+from pose_analyzer.engine import Analysis, AutoNeedsRecordingError, EngineConfig, analyze_recording
 from pose_analyzer.exercises import (
     Exercise,
     ExerciseDefinitionError,
@@ -27,9 +34,8 @@ from pose_analyzer.exercises import (
     get_exercise,
 )
 from pose_analyzer.keypoints import FramePoses, ModelNotFoundError
-from pose_analyzer.plotting import plot_angles, traced_angles
 from pose_analyzer.report import Report
-from pose_analyzer.video import VideoError, VideoWriter, draw_pose, open_video
+from pose_analyzer.video import VideoError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     VideoError,
@@ -40,15 +46,16 @@ USER_ERRORS: tuple[type[BaseException], ...] = (
     FileNotFoundError,
     PermissionError,
     IsADirectoryError,
+    AutoNeedsRecordingError,
 )
-KEYPOINT_SUFFIXES = (".jsonl", ".ndjson")
+__all__ = ["KEYPOINT_SUFFIXES", "USER_ERRORS", "analyze_input", "run_analysis", "write_outputs"]
 DEFAULT_FPS = 30.0
 BATCH = 8
 CUE_AFTER_REP_S = 1.0  # a rep's faults stay on screen this long after it ends
 
 
-def default_backend(input_path: str | Path) -> str:
-    return "replay" if Path(input_path).suffix.lower() in KEYPOINT_SUFFIXES else "mediapipe"
+def default_backend(input_path: str | Path, video_backend: str = "mediapipe") -> str:
+    return "replay" if is_keypoint_file(input_path) else video_backend
 
 
 Advance = Callable[[int], None]
@@ -104,41 +111,99 @@ def read_keypoint_file(path: Path) -> list[FramePoses]:
     return frames
 
 
-def _detect_video(
-    input_path: Path,
-    backend: str,
-    model: str | None,
-    assign: IdAssigner,
+def _detected(
+    source: Any,
+    detector: Any,
     progress: bool | None,
-) -> tuple[list[FramePoses], float, tuple[int, int]]:
+    on_frame: Callable[[FramePoses], None] | None,
+) -> Iterator[FramePoses]:
+    """Decode and detect in batches, yielding frames in order (the engine consumes them)."""
+    width, height = source.size
+    with _progress(progress, source.frame_count, "detecting") as advance:
+        batch: list[tuple[int, float, np.ndarray]] = []
+
+        def flush() -> list[FramePoses]:
+            people = detector.detect([b[2] for b in batch], [b[1] for b in batch])
+            out = [
+                FramePoses(index=i, t=t, width=width, height=height, people=found)
+                for (i, t, _), found in zip(batch, people, strict=True)
+            ]
+            advance(len(batch))
+            batch.clear()
+            return out
+
+        for item in source:
+            batch.append(item)
+            if len(batch) == BATCH:
+                yield from flush()
+        if batch:
+            yield from flush()
+
+
+def analyze_input(
+    input_path: str | Path,
+    exercise: Exercise,
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    config: EngineConfig | None = None,
+    detector_options: dict[str, Any] | None = None,
+    progress: bool | None = None,
+    on_frame: Callable[[FramePoses], None] | None = None,
+    on_total: Callable[[int | None], None] | None = None,
+) -> tuple[Analysis, tuple[int, int], Path | None]:
+    """Analyze a video or keypoint file; returns the analysis, frame size, and the video
+    to re-decode for annotation (None for keypoint files)."""
+    input_path = Path(input_path)
+    backend = backend or default_backend(input_path)
+    label = str(input_path)
+    if backend == "replay":
+        frames = read_keypoint_file(input_path)
+        if on_total is not None:
+            on_total(len(frames))
+        fps = fps_from_times([f.t for f in frames])
+        analysis = analyze_recording(
+            frames, exercise, fps, config=config, input=label, backend=backend, on_frame=on_frame
+        )
+        return analysis, (frames[0].width, frames[0].height), None
+    from pose_analyzer.video import open_video
+
     source = open_video(input_path, prefetch=4)  # checks the file before any model loads
+    if on_total is not None:
+        on_total(source.frame_count)
     fps = round(source.fps, 3)
-    size = source.size
-    detector = create_detector(backend, model)
-    frames: list[FramePoses] = []
-
-    def flush(batch: list[tuple[int, float, np.ndarray]]) -> None:
-        people = detector.detect([b[2] for b in batch], [b[1] for b in batch])
-        for (index, t, _), found in zip(batch, people, strict=True):
-            frame = FramePoses(index=index, t=t, width=size[0], height=size[1], people=found)
-            frame.people = assign(frame)
-            frames.append(frame)
-
+    detector = create_detector(backend, model, **(detector_options or {}))
     try:
-        with source, _progress(progress, source.frame_count, "detecting") as advance:
-            batch: list[tuple[int, float, np.ndarray]] = []
-            for item in source:
-                batch.append(item)
-                if len(batch) == BATCH:
-                    flush(batch)
-                    advance(len(batch))
-                    batch = []
-            if batch:
-                flush(batch)
-                advance(len(batch))
+        with source:
+            analysis = analyze_recording(
+                _detected(source, detector, progress, on_frame),
+                exercise,
+                fps,
+                config=config,
+                input=label,
+                backend=backend,
+                on_frame=on_frame,
+            )
     finally:
         detector.close()
-    return frames, fps, size
+    return analysis, source.size, input_path
+
+
+def write_outputs(report: Report, exercise: Exercise, out_dir: str | Path) -> dict[str, Path]:
+    """report.json, angles.csv and angles.png into out_dir (made if missing)."""
+    from pose_analyzer.plotting import plot_angles  # lazy: matplotlib costs start-up time
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {
+        "report": out / "report.json",
+        "angles_csv": out / "angles.csv",
+        "angles_png": out / "angles.png",
+    }
+    report.write_json(paths["report"])
+    report.write_csv(paths["angles_csv"])
+    plot_angles(report, exercise, paths["angles_png"])
+    return paths
 
 
 def _annotate(
@@ -150,6 +215,9 @@ def _annotate(
     size: tuple[int, int],
     progress: bool | None,
 ) -> None:
+    from pose_analyzer.plotting import traced_angles
+    from pose_analyzer.video import VideoWriter, draw_pose, open_video
+
     names = traced_angles(exercise)
     people = {p.id: p for p in report.people}
     rows = {pid: {float(t): i for i, t in enumerate(p.t)} for pid, p in people.items()}
@@ -199,60 +267,24 @@ def run_analysis(
     video: bool = True,
     export_keypoints: str | Path | None = None,
     progress: bool | None = None,
-    config: AnalysisConfig | None = None,
+    config: EngineConfig | None = None,
 ) -> tuple[Report, dict[str, Path]]:
     """Analyze a recording and write report.json, angles.csv, angles.png (and annotated.mp4)."""
     exercise = get_exercise(exercise_name)
     input_path = Path(input_path)
     backend = backend or default_backend(input_path)
-    assign = IdAssigner()
-    if backend == "replay":
-        frames = read_keypoint_file(input_path)
-        for frame in frames:
-            frame.people = assign(frame)
-        fps = fps_from_times([f.t for f in frames])
-        size = (frames[0].width, frames[0].height)
-        video_input = None
-    else:
-        frames, fps, size = _detect_video(input_path, backend, model, assign, progress)
-        video_input = input_path
+    analysis, size, video_input = analyze_input(
+        input_path, exercise, backend=backend, model=model, config=config, progress=progress
+    )
+    report = analysis.report
     if export_keypoints is not None:
         with KeypointWriter(export_keypoints) as writer:
-            for frame in frames:
+            for frame in analysis.frames:
                 writer.write(frame)
-    report = analyze_frames(
-        frames, exercise, fps, config=config, input=str(input_path), backend=backend
-    )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {
-        "report": out / "report.json",
-        "angles_csv": out / "angles.csv",
-        "angles_png": out / "angles.png",
-    }
-    report.write_json(paths["report"])
-    report.write_csv(paths["angles_csv"])
-    plot_angles(report, exercise, paths["angles_png"])
+    paths = write_outputs(report, exercise, out_dir)
     if video:
-        paths["video"] = out / "annotated.mp4"
-        _annotate(paths["video"], frames, report, exercise, video_input, size, progress)
+        paths["video"] = Path(out_dir) / "annotated.mp4"
+        _annotate(paths["video"], analysis.frames, report, exercise, video_input, size, progress)
     if export_keypoints is not None:
         paths["keypoints"] = Path(export_keypoints)
     return report, paths
-
-
-def describe_exercises() -> list[str]:
-    """One line per exercise definition, for `pose-analyzer exercises`."""
-    from pose_analyzer.exercises import BUILTIN_DIR, load_exercises
-
-    lines = []
-    for name, ex in load_exercises().items():
-        d = ex.drive
-        sides = f" ({', '.join(d.sides)}; {d.combine})" if len(d.columns()) > 1 else ""
-        origin = "" if ex.source is None or ex.source.parent == BUILTIN_DIR else f"  [{ex.source}]"
-        lines.append(
-            f"{name:<16} {ex.view:<5} {d.angle}{sides} {d.direction}: down {d.down_deg:g}, "
-            f"up {d.up_deg:g} deg, min {d.min_rep_s:g} s; faults: "
-            f"{', '.join(r.code for r in ex.rules)}{origin}"
-        )
-    return lines

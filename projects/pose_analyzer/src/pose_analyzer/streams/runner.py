@@ -1,7 +1,10 @@
-"""One live stream: read -> detect -> track -> angles -> reps -> score -> publish -> persist.
+"""One live stream: read -> detect -> engine (identify, measure, count, score, roles)
+-> persist -> publish.
 
-Reading runs on the reader's thread. Detection, tracking and measurement of a
-frame run on the stream's own worker thread (MediaPipe and the numpy code
+The runner only feeds frames to the engine's live entry (`LiveEngine`) and
+ships what comes out; it analyzes nothing itself. Reading runs on the reader's
+thread. Detection and the engine's work on a frame run on the stream's own
+worker thread (MediaPipe and the numpy code
 release the GIL, so streams run in parallel), publishing on the event loop.
 Each stage is timed into `pose_stage_duration_seconds`; every completed rep is
 committed to the database before the next frame is published.
@@ -21,7 +24,7 @@ from typing import Any
 
 import cv2
 
-from pose_analyzer.analysis import FrameResult, StreamAnalyzer
+from pose_analyzer.engine import FrameResult, LiveEngine, PersonFrame
 from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.keypoints import FramePoses, PoseDetector
 from pose_analyzer.metrics import PoseMetrics
@@ -35,7 +38,6 @@ from pose_analyzer.streams.reader import (
     StreamState,
 )
 from pose_analyzer.streams.sources import Source
-from pose_analyzer.tracking import Tracker
 
 log = logging.getLogger(__name__)
 JPEG_WIDTH = 640
@@ -126,7 +128,7 @@ class StreamRunner:
             on_drop=lambda n: metrics.frames_dropped.labels(self.slot).inc(n),
             on_read=lambda: metrics.frames_read.labels(self.slot).inc(),
         )
-        self.analyzer = StreamAnalyzer(config.exercise, tracker=Tracker())
+        self.engine = LiveEngine(config.exercise)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stream-{self.id}")
         self._detector: PoseDetector | None = None
         self._shared = shared_detector
@@ -136,6 +138,7 @@ class StreamRunner:
         self.finished = asyncio.Event()
         self.finished_at: float | None = None
         self.session_status = "live"
+        self.final_message: dict[str, Any] | None = None  # the closing summary, once ended
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -197,7 +200,7 @@ class StreamRunner:
                 )
                 t_pub = time.perf_counter()
                 # Commit first: a rep a client has seen is a rep the database keeps.
-                await self._persist(result)
+                await self._persist(result.people, self.stats.frames_processed + 1)
                 self.hub.publish(self._message(frame, result), jpeg)
                 now = time.monotonic()
                 self.metrics.stage_seconds.labels("publish").observe(time.perf_counter() - t_pub)
@@ -228,7 +231,7 @@ class StreamRunner:
             height, width = frame.image.shape[:2]
             poses = FramePoses(frame.index, frame.t, width, height, people)
         t1 = time.perf_counter()
-        result = self.analyzer.update(poses)
+        result = self.engine.update(poses)
         t2 = time.perf_counter()
         self.metrics.stage_seconds.labels("detect").observe(t1 - t0)
         self.metrics.stage_seconds.labels("analyze").observe(t2 - t1)
@@ -253,10 +256,11 @@ class StreamRunner:
         )
         return body
 
-    async def _persist(self, result: FrameResult) -> None:
-        frames = self.stats.frames_processed + 1
+    async def _persist(self, people: list[PersonFrame], frames: int) -> None:
+        """Every completed rep and anomaly into the database and the metrics, wherever
+        it completed (a frame, or the stream's end)."""
         exercise = self.config.exercise.name
-        for person in result.people:
+        for person in people:
             if person.new_rep is not None:
                 rep = person.new_rep.to_dict()
                 await asyncio.to_thread(self.db.add_rep, self.id, person.track_id, rep, frames)
@@ -274,21 +278,14 @@ class StreamRunner:
 
     async def _finish(self) -> None:
         loop = asyncio.get_running_loop()
-        # Reps that were already back at rest when the source ended still count.
+        # Reps that were already back at rest when the source ended still count, with
+        # their anomalies and metrics like any other rep.
         if not self._stopping or self.reader.state == StreamState.ENDED:
-            before = {t: self.analyzer.rep_count(t) for t in self.analyzer.track_ids}
-            await loop.run_in_executor(self._executor, self.analyzer.finish)
-            for person in self.analyzer.report().people:
-                for rep in person.reps[before.get(person.id, 0) :]:
-                    await asyncio.to_thread(
-                        self.db.add_rep,
-                        self.id,
-                        person.id,
-                        rep.to_dict(),
-                        self.stats.frames_processed,
-                    )
-                    self.stats.reps += 1
-                    self.metrics.reps.labels(self.config.exercise.name).inc()
+            tail = await loop.run_in_executor(self._executor, self.engine.finish)
+            await self._persist(tail, self.stats.frames_processed)
+        final = FrameResult(index=-1, t=0.0, people=[], athletes=self.engine.athletes())
+        self.final_message = self._summary(final)
+        self.hub.publish(self.final_message, None)
         failed = bool(self.error) or self.reader.state == StreamState.FAILED
         status = "failed" if failed else "ended"
         self.session_status = status
@@ -339,8 +336,17 @@ class StreamRunner:
             "clients": len(self.hub.clients),
             "session_id": self.id,
             "created_at": self.created_at,
-            "rep_counts": {str(t): self.analyzer.rep_count(t) for t in self.analyzer.track_ids},
+            "rep_counts": {str(p): self.engine.rep_count(p) for p in self.engine.person_ids},
+            "athletes": {str(p): n for p, n in self.engine.athletes().items()},
         }
+
+    def _summary(self, result: FrameResult) -> dict[str, Any]:
+        """The stream's closing message: every athlete's final total (no people, no frame)."""
+        body = result.to_dict()
+        body.update(
+            stream_id=self.id, state=self.state, exercise=self.config.exercise.name, final=True
+        )
+        return body
 
 
 def _encode_jpeg(image: Any) -> str | None:
