@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,9 +32,9 @@ from typing import Any
 import cv2
 import numpy as np
 
-try:
+if sys.version_info >= (3, 11):
     import tomllib
-except ImportError:  # Python 3.10
+else:  # pragma: no cover - Python 3.10 needs the backport
     import tomli as tomllib
 
 
@@ -77,9 +78,9 @@ class Camera:
             )
         d[: raw.size] = raw
         object.__setattr__(self, "dist", d)
-        r = np.asarray(self.R, dtype=np.float64)
-        if r.shape == (3,) or r.size == 3:
-            r = cv2.Rodrigues(r.reshape(3, 1))[0]
+        r: np.ndarray = np.asarray(self.R, dtype=np.float64)
+        if r.size == 3:
+            r = np.asarray(cv2.Rodrigues(r.reshape(3, 1))[0], dtype=np.float64)
         r = r.reshape(3, 3)
         if not np.allclose(r @ r.T, np.eye(3), atol=1e-5) or np.linalg.det(r) < 0:
             raise CalibrationError(f"camera {self.name}: the rotation is not a proper rotation")
@@ -127,7 +128,7 @@ class Camera:
         px = np.asarray(pixels, dtype=np.float64)
         flat = px.reshape(-1, 1, 2)
         out = np.full(flat.shape, np.nan)
-        ok = np.isfinite(flat).all(axis=2)[:, 0]
+        ok = np.asarray(np.isfinite(flat).all(axis=2))[:, 0]
         if ok.any():
             if np.any(self.dist):
                 und = cv2.undistortPoints(
@@ -255,7 +256,7 @@ def read_qualisys(path: str | Path, binning: int = 1) -> CameraRig:
         # `m` maps world to the camera's own (y up, looking down -z) axes; turning the
         # camera by pi about its x axis gives OpenCV's (y down, looking down +z).
         R = _rx(math.pi) @ m
-        cams.append(Camera(name, (round(w), round(h)), K, dist, R, -R @ position))
+        cams.append(Camera(name, (round(w), round(h)), K, np.array(dist), R, -R @ position))
     if not cams:
         raise CalibrationError(f"{path} holds no active camera")
     cams.sort(key=lambda c: natural_key(c.name))
@@ -403,7 +404,7 @@ def load_calibration(path: str | Path) -> CameraRig:
 # --- writers -------------------------------------------------------------------------
 
 
-def _floats(values: Sequence[float]) -> str:
+def _floats(values: Sequence[float] | np.ndarray) -> str:
     return "[ " + ", ".join(repr(float(v)) for v in values) + "]"
 
 
