@@ -5,7 +5,9 @@ the right hip to the left hip; the trunk axis from the hip midpoint to the
 shoulder midpoint; forward F = L x up (up: the world vertical), made
 orthogonal to L. Then:
 - knee, elbow flexion: 180 - the 3D interior angle (hinge joints: no plane needed);
-- shoulder elevation: the 3D angle between trunk (shoulder -> hip) and upper arm;
+- shoulder elevation: the 3D angle between the trunk axis pointing down and the
+  upper arm (the 2D definition's shoulder -> hip line, taken along the midline so
+  the shoulders being wider than the hips does not read as elevation);
 - ankle dorsiflexion: 90 - the 3D interior angle knee-ankle-foot_index;
 - hip flexion: 180 - the interior angle shoulder-hip-knee measured in the pelvis
   sagittal plane (both vectors projected on the plane normal to L), so hip
@@ -76,7 +78,7 @@ def compute_angles_3d(
             foot = p(f"{side}_foot_index")
             put(f"{side}_knee_flexion", 180.0 - _angle(hip - knee, ankle - knee))
             put(f"{side}_elbow_flexion", 180.0 - _angle(sh - elbow, wrist - elbow))
-            put(f"{side}_shoulder_elevation", _angle(hip - sh, elbow - sh))
+            put(f"{side}_shoulder_elevation", _angle(-trunk, elbow - sh))
             put(f"{side}_ankle_dorsiflexion", 90.0 - _angle(knee - ankle, foot - ankle))
             a = _reject(sh - hip, lateral)
             b = _reject(knee - hip, lateral)
