@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from synthetic import MOTIONS, PARAMS, _ease, skeleton, truth_angles
 
 from pose_analyzer.keypoints import NUM_JOINTS, FramePoses, PersonPose
 from pose_analyzer.multiview.calibration import CameraRig, load_calibration
-from synthetic import MOTIONS, PARAMS, _ease, skeleton, truth_angles
 
 M_PER_PX = 1.75 / 850.0
 REPO = Path(__file__).resolve().parents[3]

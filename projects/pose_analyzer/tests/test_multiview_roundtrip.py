@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from multiview_helpers import Scene, demo_rig, make_scene
+
 from pose_analyzer.biomechanics.angles import ANGLE_INDEX
 from pose_analyzer.multiview.angles3d import compute_angles_3d
 from pose_analyzer.multiview.calibration import CameraRig

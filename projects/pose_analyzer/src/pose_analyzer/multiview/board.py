@@ -4,7 +4,9 @@ Intrinsics per camera from many views of the board (OpenCV's calibrateCamera,
 k3 fixed: 4 coefficients like Pose2Sim's toml); extrinsics from one image per
 camera of the board at one shared pose (solvePnP): the world frame is the
 board's (origin at its first inner corner, x along its columns, y along its
-rows, z = x cross y, metres). Each camera's reprojection error is reported:
+rows, z = x cross y, metres; for a checkerboard, which looks the same turned
+by 180 degrees, the first corner is the one on the left of each camera's image,
+so cameras facing the board agree). Each camera's reprojection error is reported:
 the intrinsic RMS over its board views and the error of its extrinsic view.
 """
 
@@ -16,7 +18,10 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from pose_analyzer.multiview.calibration import Camera, CameraRig, CalibrationError
+from pose_analyzer.multiview.calibration import CalibrationError, Camera, CameraRig
+
+DETECT_SIDE = 1000
+OUTLIER_VIEW_FACTOR = 2.5
 
 
 @dataclass(frozen=True)
@@ -53,14 +58,25 @@ class Board:
             obj = np.asarray(self._charuco().getChessboardCorners(), np.float32)[ids.ravel()]
             return obj, corners.reshape(-1, 2).astype(np.float64)
         size = (self.cols, self.rows)
-        ok, corners = cv2.findChessboardCornersSB(gray, size, cv2.CALIB_CB_EXHAUSTIVE)
+        # Corners are found on a copy at most DETECT_SIDE px wide (the search is what
+        # costs), then refined to sub-pixel on the full image.
+        scale = min(1.0, DETECT_SIDE / max(gray.shape))
+        small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+        ok, corners = cv2.findChessboardCornersSB(small, size, cv2.CALIB_CB_NORMALIZE_IMAGE)
+        refine = scale < 1.0
         if not ok:
             flags = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE
-            ok, corners = cv2.findChessboardCorners(gray, size, flags)
+            ok, corners = cv2.findChessboardCorners(small, size, flags)
             if not ok:
                 return None
+            refine = True
+        if refine:  # SB's own corners are sub-pixel already where no resize happened
+            corners = (corners.reshape(-1, 1, 2) + 0.5) / scale - 0.5
+            win = max(3, round(5 / scale))
             criteria = (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_MAX_ITER, 50, 1e-4)
-            corners = cv2.cornerSubPix(gray, corners, (11, 11), (-1, -1), criteria)
+            corners = cv2.cornerSubPix(
+                gray, corners.astype(np.float32), (win, win), (-1, -1), criteria
+            )
         return self.object_points(), corners.reshape(-1, 2).astype(np.float64)
 
 
@@ -97,7 +113,20 @@ def calibrate_intrinsics(
             f"{len(images)} images; at least {min_views} are needed. Check the corner count"
         )
     flags = cv2.CALIB_FIX_K3
-    rms, K, dist, _, _ = cv2.calibrateCamera(obj, img, (w, h), None, None, flags=flags)
+    rms, K, dist, rvecs, tvecs = cv2.calibrateCamera(obj, img, (w, h), None, None, flags=flags)
+    # A view whose corners fit far worse than the others (motion blur, a misdetected
+    # corner) is dropped once, if enough views remain.
+    per_view = np.array(
+        [
+            np.sqrt(np.mean((cv2.projectPoints(o, r, t, K, dist)[0] - i).reshape(-1, 2) ** 2) * 2)
+            for o, i, r, t in zip(obj, img, rvecs, tvecs, strict=True)
+        ]
+    )
+    keep = per_view <= max(OUTLIER_VIEW_FACTOR * float(np.median(per_view)), 0.5)
+    if not keep.all() and keep.sum() >= min_views:
+        obj = [o for o, k in zip(obj, keep, strict=True) if k]
+        img = [i for i, k in zip(img, keep, strict=True) if k]
+        rms, K, dist, _, _ = cv2.calibrateCamera(obj, img, (w, h), None, None, flags=flags)
     return IntrinsicResult(
         np.asarray(K), np.asarray(dist).ravel()[:5], float(rms), len(obj), len(images)
     )
@@ -131,6 +160,11 @@ def calibrate_rig(
         if found is None:
             raise CalibrationError(f"camera {name}: the board is not found in its extrinsic image")
         obj, px = found
+        if board.aruco_dict is None and px[board.cols - 1, 0] < px[0, 0]:
+            # A checkerboard looks the same turned by 180 degrees, so the detector may
+            # number its corners from either end; every camera facing the board must
+            # agree on the world, so the first corner is the one on the image's left.
+            px = px[::-1].copy()
         ok, rvec, tvec = cv2.solvePnP(obj, px, intr.K, intr.dist, flags=cv2.SOLVEPNP_ITERATIVE)
         if not ok:
             raise CalibrationError(f"camera {name}: the board pose could not be solved")

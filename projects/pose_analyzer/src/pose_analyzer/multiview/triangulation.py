@@ -103,7 +103,9 @@ def triangulate(
         used[worst[redo], todo[redo]] = False
         todo = todo[redo]
     count = used.sum(axis=0)
-    ok = (count >= min_views) & np.isfinite(points).all(axis=1)
+    # A point behind a camera that supposedly saw it (no finite reprojection) is no point.
+    in_front = ~(used & ~np.isfinite(err)).any(axis=0)
+    ok = (count >= min_views) & np.isfinite(points).all(axis=1) & in_front
     points[~ok] = np.nan
     final = used & ok[None]
     used_err = np.where(final, err, np.nan)
