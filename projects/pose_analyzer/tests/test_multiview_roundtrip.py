@@ -118,6 +118,38 @@ def test_angles_do_not_depend_on_where_the_rig_stands() -> None:
     np.testing.assert_allclose(moved, base, atol=1e-9)
 
 
+@pytest.mark.parametrize("valgus", [20.0, -20.0])
+def test_knee_valgus_sign_and_size_from_3d(valgus: float) -> None:
+    """Knees caving in (valgus) read positive, bowing out (varus) negative, from any heading.
+
+    The synthetic valgus turns the thigh's plane inward; its frontal-plane projection
+    grows with flexion (as any frontal-plane projection angle does), so the checks
+    are sign, growth with the fault, and independence from the heading.
+    """
+    from multiview_helpers import body_to_world
+    from synthetic import PARAMS, skeleton
+
+    p = dict.fromkeys(PARAMS, 0.0)
+    p.update(knee_l=60, knee_r=60, hip_l=50, hip_r=50)
+    seen = []
+    for size in (0.5 * valgus, valgus):
+        p.update(valgus_l=size, valgus_r=size)
+        per_heading = [
+            compute_angles_3d(body_to_world(skeleton(p), heading, (0.5, -0.3)))
+            for heading in (0.0, 135.0, 250.0)
+        ]
+        for angles in per_heading[1:]:
+            np.testing.assert_allclose(angles, per_heading[0], atol=1e-9)
+        for side in ("left", "right"):
+            v = per_heading[0][ANGLE_INDEX[f"knee_valgus_{side}"]]
+            assert np.sign(v) == np.sign(valgus) and abs(v) > 3.0
+        seen.append(abs(per_heading[0][ANGLE_INDEX["knee_valgus_left"]]))
+    assert seen[1] > seen[0]
+    p.update(valgus_l=0.0, valgus_r=0.0)
+    neutral = compute_angles_3d(body_to_world(skeleton(p), 40.0, (0.0, 0.0)))
+    assert abs(neutral[ANGLE_INDEX["knee_valgus_left"]]) < 1e-6
+
+
 def test_confidence_and_missing_joints_make_nan_not_numbers() -> None:
     rig = demo_rig()
     scene = make_scene(rig, frames=1, occlude=False)

@@ -62,11 +62,11 @@ class Board:
         # costs), then refined to sub-pixel on the full image.
         scale = min(1.0, DETECT_SIDE / max(gray.shape))
         small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
-        ok, corners = cv2.findChessboardCornersSB(small, size, cv2.CALIB_CB_NORMALIZE_IMAGE)
+        ok, corners = cv2.findChessboardCornersSB(small, size, flags=cv2.CALIB_CB_NORMALIZE_IMAGE)
         refine = scale < 1.0
         if not ok:
             flags = cv2.CALIB_CB_ADAPTIVE_THRESH | cv2.CALIB_CB_NORMALIZE_IMAGE
-            ok, corners = cv2.findChessboardCorners(small, size, flags)
+            ok, corners = cv2.findChessboardCorners(small, size, flags=flags)
             if not ok:
                 return None
             refine = True

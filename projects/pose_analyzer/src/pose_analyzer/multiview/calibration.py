@@ -190,6 +190,27 @@ class CameraRig:
         """Pixels (V, ..., 2) of world points (..., 3) in every camera."""
         return np.stack([c.project(points) for c in self.cameras])
 
+    def project_each(self, points: np.ndarray) -> np.ndarray:
+        """Pixels (V, N, 2): camera v's projection of its own points (V, N, 3), in one pass."""
+        R = np.stack([c.R for c in self.cameras])
+        t = np.stack([c.t for c in self.cameras])
+        K = np.stack([c.K for c in self.cameras])
+        d = np.stack([c.dist for c in self.cameras])[:, None, :]
+        pc = np.matmul(points, R.transpose(0, 2, 1)) + t[:, None, :]
+        z = pc[..., 2]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x, y = pc[..., 0] / z, pc[..., 1] / z
+        r2 = x * x + y * y
+        radial = 1 + r2 * (d[..., 0] + r2 * (d[..., 1] + r2 * d[..., 4]))
+        xy = 2 * x * y
+        xd = x * radial + d[..., 2] * xy + d[..., 3] * (r2 + 2 * x * x)
+        yd = y * radial + d[..., 2] * (r2 + 2 * y * y) + d[..., 3] * xy
+        u = K[:, None, 0, 0] * xd + K[:, None, 0, 1] * yd + K[:, None, 0, 2]
+        v = K[:, None, 1, 1] * yd + K[:, None, 1, 2]
+        out = np.stack([u, v], axis=-1)
+        out[~(z > 1e-9)] = np.nan
+        return out
+
     def subset(self, names: Sequence[str]) -> CameraRig:
         by = {c.name: c for c in self.cameras}
         return replace(self, cameras=tuple(by[n] for n in names))

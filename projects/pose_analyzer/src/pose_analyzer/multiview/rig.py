@@ -133,15 +133,22 @@ class RigFuser:
         unknown = set(views) - set(self._index)
         if unknown:
             raise ValueError(f"views {sorted(unknown)} are not cameras of the rig")
-        groups = self.associator.associate(t, kps)
+        # Undistorted once: association and triangulation both work on these.
+        norms = [
+            cam.undistort(kp[..., :2]) if kp.shape[0] else np.zeros((0, NUM_JOINTS, 2))
+            for cam, kp in zip(self.rig.cameras, kps, strict=True)
+        ]
+        groups = self.associator.associate(t, kps, norms)
         if not groups:
             return result
         G = len(groups)
         px = np.full((V, G, NUM_JOINTS, 2), np.nan)
+        norm = np.full((V, G, NUM_JOINTS, 2), np.nan)
         conf = np.zeros((V, G, NUM_JOINTS))
         for g, group in enumerate(groups):
             for v, i in group.detections.items():
                 px[v, g] = kps[v][i, :, :2]
+                norm[v, g] = norms[v][i]
                 conf[v, g] = kps[v][i, :, 2]
         tri = triangulate(
             self.rig,
@@ -149,6 +156,7 @@ class RigFuser:
             conf,
             min_confidence=self.min_confidence,
             max_error_px=self.max_error_px,
+            normalized=norm,
         )
         angles = compute_angles_3d(tri.points, self.rig.up)
         taken = {g.track_id for g in groups if g.track_id is not None}

@@ -89,10 +89,9 @@ def triangulate(
         w = np.where(used[:, todo], conf[:, todo], 0.0)
         X = dlt(ext, norm[:, todo], w)
         points[todo] = X
-        for v, cam in enumerate(rig.cameras):
-            proj = cam.project(X)
-            e = np.linalg.norm(proj - px[v, todo], axis=-1)
-            err[v, todo] = np.where(seen[v, todo], e, np.nan)
+        proj = rig.project_each(np.broadcast_to(X, (V, *X.shape)))
+        e = np.sqrt(((proj - px[:, todo]) ** 2).sum(axis=-1))
+        err[:, todo] = np.where(seen[:, todo], e, np.nan)
         bad_err = np.where(used[:, todo], np.nan_to_num(err[:, todo], nan=np.inf), -np.inf)
         worst = np.argmax(bad_err, axis=0)
         worst_err = bad_err[worst, np.arange(todo.size)]
