@@ -26,6 +26,7 @@ import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -184,7 +185,20 @@ class CameraRig:
 
     def extrinsics(self) -> np.ndarray:
         """(V, 3, 4) stacked [R | t] of every camera."""
+        return self._stacked_extrinsics
+
+    @cached_property
+    def _stacked_extrinsics(self) -> np.ndarray:
         return np.stack([c.extrinsic for c in self.cameras])
+
+    @cached_property
+    def _stacked(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return (
+            np.stack([c.R for c in self.cameras]),
+            np.stack([c.t for c in self.cameras]),
+            np.stack([c.K for c in self.cameras]),
+            np.stack([c.dist for c in self.cameras])[:, None, :],
+        )
 
     def project(self, points: np.ndarray) -> np.ndarray:
         """Pixels (V, ..., 2) of world points (..., 3) in every camera."""
@@ -192,10 +206,7 @@ class CameraRig:
 
     def project_each(self, points: np.ndarray) -> np.ndarray:
         """Pixels (V, N, 2): camera v's projection of its own points (V, N, 3), in one pass."""
-        R = np.stack([c.R for c in self.cameras])
-        t = np.stack([c.t for c in self.cameras])
-        K = np.stack([c.K for c in self.cameras])
-        d = np.stack([c.dist for c in self.cameras])[:, None, :]
+        R, t, K, d = self._stacked
         pc = np.matmul(points, R.transpose(0, 2, 1)) + t[:, None, :]
         z = pc[..., 2]
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pose_analyzer.multiview.association import cross
 from pose_analyzer.multiview.calibration import CameraRig
 
 DEFAULT_MAX_ERROR_PX = 15.0
@@ -34,22 +35,31 @@ class Triangulated:
 
 
 def dlt(extrinsics: np.ndarray, normalized: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Points (N, 3) from (V, 3, 4) [R|t], normalised coordinates (V, N, 2), weights (V, N)."""
+    """Points (N, 3) from (V, 3, 4) [R|t], normalised coordinates (V, N, 2), weights (V, N).
+
+    Each view gives two rows `w (x P3 - P1)`, `w (y P3 - P2)` of A (X, 1) = 0; with the
+    homogeneous coordinate fixed to 1 this is the 3 x 3 system (A3^T A3) X = -A3^T a4,
+    solved in closed form (adjugate) for all points at once: no per-point LAPACK call.
+    """
     P = extrinsics[:, None]  # (V, 1, 3, 4)
-    x = normalized[..., 0:1]
-    y = normalized[..., 1:2]
-    w = np.where(np.isfinite(normalized).all(axis=-1), weights, 0.0)[..., None]
-    x = np.nan_to_num(x)
-    y = np.nan_to_num(y)
+    finite = np.isfinite(normalized).all(axis=-1)
+    w = np.where(finite, weights, 0.0)[..., None]
+    x = np.where(finite, normalized[..., 0], 0.0)[..., None]
+    y = np.where(finite, normalized[..., 1], 0.0)[..., None]
     r1 = w * (x * P[..., 2, :] - P[..., 0, :])  # (V, N, 4)
     r2 = w * (y * P[..., 2, :] - P[..., 1, :])
-    A = np.concatenate([r1, r2], axis=0).transpose(1, 0, 2)  # (N, 2V, 4)
-    AtA = np.einsum("nki,nkj->nij", A, A)
-    _, vecs = np.linalg.eigh(AtA)
-    h = vecs[..., 0]  # smallest eigenvalue first
+    A = np.concatenate([r1, r2], axis=0)  # (2V, N, 4)
+    A3, a4 = A[..., :3], A[..., 3]
+    At = A3.transpose(1, 2, 0)  # (N, 3, 2V)
+    M = At @ At.transpose(0, 2, 1)  # (N, 3, 3) symmetric
+    b = -(At @ a4.T[:, :, None])[..., 0]
+    c0 = cross(M[:, 1], M[:, 2])
+    c1 = cross(M[:, 2], M[:, 0])
+    c2 = cross(M[:, 0], M[:, 1])
+    det = (M[:, 0] * c0).sum(axis=-1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        out = h[:, :3] / h[:, 3:4]
-    return np.asarray(out)
+        inv_b = (c0 * b[:, :1] + c1 * b[:, 1:2] + c2 * b[:, 2:3]) / det[:, None]
+    return np.asarray(np.where(np.abs(det)[:, None] > 1e-12, inv_b, np.nan))
 
 
 def triangulate(
