@@ -99,6 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="count with the definition's thresholds only (no per-athlete calibration)",
     )
     analyze.set_defaults(func=_analyze)
+    from pose_analyzer.multiview.cli import add_multiview_parser
+
+    add_multiview_parser(sub)
     exercises = sub.add_parser("exercises", help="list the exercise definitions")
     exercises.set_defaults(func=_exercises)
     return parser
