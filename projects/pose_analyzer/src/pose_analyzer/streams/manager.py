@@ -13,7 +13,6 @@ from typing import Any
 from sqlalchemy.exc import DBAPIError
 
 from gpu_optimizer.storage.guard import StorageUnavailable
-
 from pose_analyzer.engine.auto import is_auto
 from pose_analyzer.exercises.registry import get_exercise
 from pose_analyzer.exercises.schema import Exercise
