@@ -395,7 +395,12 @@ def test_recommended_batch_metric_per_machine(server: Server) -> None:
         ("/profiles", {**RESNET, "input_shape": [3, 0, 224]}, 422, "bad input shape [3, 0, 224]"),
         ("/profiles", {**RESNET, "batch_size": 10**6}, 422, "batch_size 1000000 is above"),
         ("/profiles", {**RESNET, "batch_size": 0}, 422, "greater than or equal to 1"),
-        ("/profiles", {**RESNET, "optimizer": "lion"}, 422, "'sgd', 'adam', 'adamw' or 'adamw8bit'"),
+        (
+            "/profiles",
+            {**RESNET, "optimizer": "lion"},
+            422,
+            "'sgd', 'adam', 'adamw' or 'adamw8bit'",
+        ),
         ("/profiles", {**RESNET, "dtype": "fp8"}, 422, "'fp32', 'bf16', 'fp16', 'bf16-true'"),
         ("/profiles", {**RESNET, "mode": "guess"}, 422, "'estimate' or 'measure'"),
         ("/profiles", {**RESNET, "model": "../outside.py:mlp"}, 403, "outside the user models"),
