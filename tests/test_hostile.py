@@ -12,6 +12,7 @@ that never go live); jobs that vanish at a restart.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import shutil
@@ -255,6 +256,8 @@ def test_metrics_can_require_the_key_in_both_services(tmp_path: Path, data_dir: 
             assert httpx.get(f"{url}/metrics", headers=bearer).status_code == 200
             assert httpx.get(f"{url}/openapi.json").status_code == 401
         assert httpx.get(f"{gpu.url}/machines", headers=bearer).is_success
+        if shutil.which("prometheus"):
+            _prometheus_scrapes_with_the_key(tmp_path, pose.url, gpu.url)
 
         # gpu_optimizer's database deleted under it: a 503, and the service goes on.
         (tmp_path / "gpu.db").unlink()
@@ -268,6 +271,62 @@ def test_metrics_can_require_the_key_in_both_services(tmp_path: Path, data_dir: 
     finally:
         pose.stop()
         gpu.stop()
+
+
+def _prometheus_scrapes_with_the_key(tmp_path: Path, pose_url: str, gpu_url: str) -> None:
+    """The repository's prometheus.yml, its targets pointed here, its key files written."""
+    import yaml
+
+    sys.path.insert(0, str(REPO / "scripts"))
+    import monitoring as monitoring_script
+
+    config = yaml.safe_load((REPO / "monitoring/prometheus.yml").read_text())
+    config["global"].update({"scrape_interval": "1s", "scrape_timeout": "1s"})
+    root = tmp_path / "prometheus"
+    (root / "targets").mkdir(parents=True)
+    (root / "prometheus.yml").write_text(yaml.safe_dump(config))
+    for job, url in (("pose_analyzer", pose_url), ("gpu_optimizer", gpu_url)):
+        target = [{"targets": [url.removeprefix("http://")]}]
+        (root / "targets" / f"{job}.json").write_text(json.dumps(target))
+    env = {"POSE_API_KEY": KEY, "GPU_OPT_API_KEY": KEY}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        monitoring_script.write_credentials(root / "secrets")
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert (root / "secrets/pose_analyzer.key").read_text() == KEY
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(shutil.which("prometheus")),
+            f"--config.file={root / 'prometheus.yml'}",
+            f"--storage.tsdb.path={root / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+
+    def up() -> dict[str, str]:
+        try:
+            body = httpx.get(
+                f"http://127.0.0.1:{port}/api/v1/query", params={"query": "up"}, timeout=5
+            ).json()
+        except (httpx.HTTPError, ValueError):
+            return {}
+        return {r["metric"]["job"]: r["value"][1] for r in body["data"]["result"]}
+
+    try:
+        assert wait_until(lambda: up() == {"pose_analyzer": "1", "gpu_optimizer": "1"}, 60), up()
+    finally:
+        proc.terminate()
+        proc.wait(30)
 
 
 # -- 3. URL sources --------------------------------------------------------------------
@@ -466,6 +525,7 @@ def test_kill_9_with_four_streams_and_a_job_keeps_every_seen_rep_and_the_job(
         asyncio.run(watch_all())
         running = http.get(f"/jobs/{job_id}").json()
         assert running["state"] in ("queued", "running")
+    killed_at = dt.datetime.now(dt.timezone.utc)
     server.kill()
     assert server.proc is not None and server.proc.returncode == -signal.SIGKILL
     restarted = _pose(data_dir, db, POSE_MAX_STREAMS="6")
@@ -475,6 +535,11 @@ def test_kill_9_with_four_streams_and_a_job_keeps_every_seen_rep_and_the_job(
                 session = http.get(f"/sessions/{sid}").json()
                 assert session["status"] == "interrupted"
                 assert session["rep_count"] >= seen[sid] >= 2
+                # Ended when it last wrote, not at the restart; its frames are kept.
+                started = dt.datetime.fromisoformat(session["started_at"])
+                ended = dt.datetime.fromisoformat(session["ended_at"])
+                assert started <= ended <= killed_at
+                assert session["frames"] > 0
             done = wait_until(
                 lambda: http.get(f"/jobs/{job_id}").json()["state"] in ("succeeded", "failed"),
                 240,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -29,6 +30,9 @@ def service_env(tmp_path: Path) -> dict[str, str]:
 def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
     service_env: dict[str, str],
 ) -> None:
+    # With API keys set: /health and /metrics stay open, so run-all, status and
+    # Prometheus keep working, and everything else wants the key.
+    service_env.update(POSE_API_KEY="k", GPU_OPT_API_KEY="k")
     logs = Path(service_env["AIML_LOG_DIR"])
     pose_port, vram_port = int(service_env["POSE_PORT"]), int(service_env["GPU_OPT_PORT"])
     first = run_make("run-all", service_env)
@@ -48,6 +52,9 @@ def test_run_all_starts_both_once_and_stop_all_stops_exactly_them(
                 text = resp.read().decode()
             assert "process_resident_memory_bytes" in text
             assert ("pose_build_info" if service == "pose_analyzer" else "gpu_build_info") in text
+            with pytest.raises(urllib.error.HTTPError) as refused:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/openapi.json", timeout=5)
+            assert refused.value.code == 401
 
         second = run_make("run-all", service_env)
         assert second.returncode == 0, second.stderr

@@ -108,8 +108,18 @@ def _warm_imports() -> None:
         import mediapipe.tasks.python.vision  # noqa: F401
 
 
+CHECKPOINT_EVERY = 5  # reaper ticks (seconds) between frame checkpoints
+
+
 async def _reap(manager: StreamManager) -> None:
+    tick = 0
     while True:
         await asyncio.sleep(1.0)
+        tick += 1
         if manager.reap():
             await asyncio.to_thread(release_memory)
+        if tick % CHECKPOINT_EVERY == 0:
+            try:
+                await asyncio.to_thread(manager.checkpoint)
+            except Exception as exc:  # storage trouble: /health reports it
+                log.warning("frame checkpoint not stored: %s", exc)

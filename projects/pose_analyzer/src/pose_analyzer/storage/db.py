@@ -80,8 +80,8 @@ class Database:
                 .where(SessionRow.status == "live")
                 .values(
                     status="interrupted",
-                    ended_at=func.coalesce(last_rep, SessionRow.started_at),
-                    error="the service stopped (ended_at: its last stored rep)",
+                    ended_at=func.coalesce(SessionRow.updated_at, last_rep, SessionRow.started_at),
+                    error="the service stopped (ended_at: its last checkpoint)",
                 )
             )
             db.commit()
@@ -121,6 +121,7 @@ class Database:
                     backend=backend,
                     status="live",
                     started_at=utcnow(),
+                    updated_at=utcnow(),
                     frames=0,
                 )
             )
@@ -140,7 +141,11 @@ class Database:
                     metrics=dict(rep.get("metrics", {})),
                 )
             )
-            db.execute(update(SessionRow).where(SessionRow.id == session_id).values(frames=frames))
+            db.execute(
+                update(SessionRow)
+                .where(SessionRow.id == session_id)
+                .values(frames=frames, updated_at=utcnow())
+            )
             db.commit()
 
     def add_anomaly(self, session_id: str, person_id: int, rep_index: int, reason: str) -> None:
@@ -163,9 +168,18 @@ class Database:
             )
             db.commit()
 
-    def set_frames(self, session_id: str, frames: int) -> None:
+    def checkpoint(self, frames: dict[str, int]) -> None:
+        """Frames processed so far per live session, and the time: what a crash keeps."""
+        if not frames:
+            return
+        now = utcnow()
         with self.session() as db:
-            db.execute(update(SessionRow).where(SessionRow.id == session_id).values(frames=frames))
+            for session_id, count in frames.items():
+                db.execute(
+                    update(SessionRow)
+                    .where(SessionRow.id == session_id, SessionRow.status == "live")
+                    .values(frames=count, updated_at=now)
+                )
             db.commit()
 
     def delete_session(self, session_id: str) -> None:

@@ -33,6 +33,9 @@ class SessionRow(Base):
     ended_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
     frames: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text)
+    # Last time the running service wrote this session (reps, frame checkpoints): what
+    # an interrupted session's ended_at becomes.
+    updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
 
     reps: Mapped[list[RepRow]] = relationship(
         back_populates="session", cascade="all, delete-orphan", order_by="RepRow.id"

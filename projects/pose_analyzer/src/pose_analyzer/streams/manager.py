@@ -188,6 +188,15 @@ class StreamManager:
                 self._trimmed.discard(stream_id)
         return newly_finished
 
+    def checkpoint(self) -> None:
+        """Store each running stream's frame count (a killed service keeps it)."""
+        live = {
+            sid: r.stats.frames_processed
+            for sid, r in self.streams.items()
+            if r.finished_at is None
+        }
+        self.db.checkpoint(live)
+
     async def stop_all(self) -> None:
         await asyncio.gather(*(s.stop() for s in list(self.streams.values())))
         self.streams.clear()

@@ -1,4 +1,4 @@
-"""analysis jobs of uploaded videos
+"""analysis jobs of uploaded videos; sessions.updated_at
 
 Revision ID: 0002
 Revises: 0001
@@ -35,7 +35,11 @@ def upgrade() -> None:
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
     )
     op.create_index("ix_analysis_jobs_state", "analysis_jobs", ["state"])
+    with op.batch_alter_table("sessions") as batch:
+        batch.add_column(sa.Column("updated_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sessions") as batch:
+        batch.drop_column("updated_at")
     op.drop_table("analysis_jobs")
