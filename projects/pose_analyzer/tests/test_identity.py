@@ -244,3 +244,15 @@ def test_person_stepping_out_of_the_frame_and_back_keeps_the_id(
         frames.append(frame(i, [] if x > 620 else [person(x, 300)]))
     assert {p.track_id for ps in run_live(frames) for p in ps} == {1}
     assert {p.track_id for f in identify_offline(frames)[0] for p in f.people} == {1}
+
+
+def test_live_memory_stays_bounded_on_a_long_stream() -> None:
+    ident = LiveIdentity()
+    for i in range(2000):  # ~67 s of one person walking back and forth
+        x = 300 + 200 * np.sin(i / 60)
+        out = ident.update(frame(i, [person(float(x), 300)]))
+        # Held back until confirmed (min_hits frames), then one id throughout.
+        assert [p.track_id for p in out] == ([1] if i >= IdentityConfig().min_hits - 1 else [])
+    (tr,) = ident.tracker.all_tracklets()
+    assert len(tr.frames) < 600 and len(tr.signatures) < 600
+    assert ident.tracklets() == {1: [tr.tid]}

@@ -155,6 +155,21 @@ def _athlete_id(out: list[FramePoses]) -> set[int | None]:
     return {id_at(out, int(fr), x, y) for fr, x, y in ATHLETE["anchors"]}
 
 
+def test_reacquired_athlete_is_two_tracklets_of_one_person_live_and_offline() -> None:
+    fr = frames("sports2d_demo")
+    for f in fr:
+        if 60 <= f.index < 150:
+            f.people = [p for p in f.people if not _is_athlete(p, f)]
+    ident = LiveIdentity()
+    out = [dataclasses.replace(f, people=ident.update(f)) for f in fr]
+    pid = id_at(out, 30, 0.36, 0.20)
+    assert pid is not None and len(ident.tracklets()[pid]) >= 2
+    off, persons = identify_offline(fr)
+    pid = id_at(off, 30, 0.36, 0.20)
+    assert pid is not None and len(persons[pid]) >= 2
+    assert sorted(persons) == list(range(1, len(persons) + 1))
+
+
 @pytest.mark.parametrize("mode", list(MODES))
 def test_athlete_lost_for_3_s_is_reacquired_with_the_same_id(mode: str) -> None:
     fr = frames("sports2d_demo")

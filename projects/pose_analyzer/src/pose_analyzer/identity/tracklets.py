@@ -115,8 +115,12 @@ class Observation:
 
 
 class TrackletTracker:
-    def __init__(self, config: IdentityConfig) -> None:
+    """`history`: frames of per-frame records a tracklet keeps (None: all, offline). A
+    live stream runs for hours; its tracklets keep the last `history` to 2x `history`."""
+
+    def __init__(self, config: IdentityConfig, history: int | None = None) -> None:
         self.config = config
+        self.history = history
         self.active: list[Tracklet] = []
         self.closed: list[Tracklet] = []
         self._next = 1
@@ -489,6 +493,10 @@ class TrackletTracker:
         tr.scales.append(scale)
         tr.signatures.append(frame_signatures(pose[None], mc)[0])
         tr.limbs.append(limb_lengths(pose[None], mc)[0])
+        if self.history is not None and len(tr.frames) >= 2 * self.history:
+            keep = -self.history
+            for seq in (tr.frames, tr.times, tr.centres, tr.scales, tr.signatures):
+                del seq[:keep]
 
     def all_tracklets(self) -> list[Tracklet]:
         return sorted(self.closed + self.active, key=lambda tr: tr.tid)
