@@ -136,6 +136,25 @@ def test_pose2sim_single_views_one_id_over_all_100_frames() -> None:
 
 # -- adversarial sequences built from the real detections -----------------------------
 
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_person_lying_down_keeps_one_id(mode: str) -> None:
+    # The real performer turned 90 degrees (as a floor exercise is seen): nothing in
+    # identity may assume people are upright (scale, limbs, plausibility).
+    fr = frames("pose2sim_single_cam01")
+    for f in fr:
+        cx, cy = f.width / 2, f.height / 2
+        for p in f.people:
+            x, y = p.keypoints[:, 0].copy(), p.keypoints[:, 1].copy()
+            p.keypoints[:, 0], p.keypoints[:, 1] = cy + (y - cy), cx - (x - cx)
+            p.box = None
+        f.width, f.height = f.height, f.width
+    out = MODES[mode](fr)
+    assert set(spans(out)) == {1}
+    tol = LIVE_TOL if mode == "live" else 0
+    assert sum(1 for f in out if f.people) >= 100 - tol
+
+
 ATHLETE = LABELS["sports2d_demo"]["person"][0]
 WALKER = LABELS["sports2d_demo"]["person"][1]
 
