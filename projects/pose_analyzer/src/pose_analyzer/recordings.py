@@ -132,9 +132,11 @@ def _detected(
             batch.clear()
             return out
 
+        first = True
         for item in source:
             batch.append(item)
-            if len(batch) == BATCH:
+            if len(batch) == BATCH or first:  # the first frame alone: start-up is its latency
+                first = False
                 yield from flush()
         if batch:
             yield from flush()
