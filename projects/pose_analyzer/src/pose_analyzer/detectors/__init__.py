@@ -6,6 +6,7 @@ Backends import lazily: asking for `replay` never loads mediapipe or torch.
 from __future__ import annotations
 
 import importlib
+from collections.abc import Mapping
 from typing import Any
 
 from pose_analyzer.keypoints import PoseDetector
@@ -18,8 +19,20 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 }
 
 
-def create_detector(backend: str, model: str | None = None, **kw: Any) -> PoseDetector:
+def create_detector(
+    backend: str,
+    model: str | None = None,
+    *,
+    refine: bool = False,
+    refine_options: Mapping[str, Any] | None = None,
+    **kw: Any,
+) -> PoseDetector:
     """A detector for `backend`; `model` is a model name or path (replay: the keypoint file).
+
+    refine=True wraps it in `refine.RefiningDetector` (a higher-resolution search where
+    it finds nobody or loses someone); `refine_options` are that class's keyword options
+    (budget_ms, lost_s, crop_size, tiles, ...). Its crop detector is a MediaPipe image-mode
+    landmarker of the same model when the backend is mediapipe, else of the full model.
 
     mediapipe: lite|full|heavy (from the models directory) or a .task path;
     yolo: a weights path (default: the models directory's yolo11n-pose.pt), or an
@@ -27,6 +40,20 @@ def create_detector(backend: str, model: str | None = None, **kw: Any) -> PoseDe
     """
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known backends: {', '.join(BACKENDS)}")
+    detector = _create(backend, model, **kw)
+    if not refine:
+        return detector
+    from pose_analyzer.detectors.refine import RefiningDetector
+
+    options = dict(refine_options or {})
+    if backend == "mediapipe" and model is not None:
+        options.setdefault("crop_model", model)
+    if kw.get("models_dir") is not None:
+        options.setdefault("models_dir", kw["models_dir"])
+    return RefiningDetector(detector, **options)
+
+
+def _create(backend: str, model: str | None, **kw: Any) -> PoseDetector:
     module_name, class_name, model_arg = BACKENDS[backend]
     cls = getattr(importlib.import_module(module_name), class_name)
     if backend == "yolo" and model is not None and model.endswith((".yaml", ".yml")):

@@ -7,8 +7,6 @@ handled in one numpy expression.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 
 from pose_analyzer.keypoints import JOINT_INDEX, JOINTS
@@ -125,18 +123,18 @@ def tracklet_signature(per_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """
     finite = np.isfinite(per_frame)
     n = finite.sum(axis=0)
-    value = np.full(per_frame.shape[1], np.nan)
-    cols = n > 0
-    if cols.any():
-        value[cols] = np.nanpercentile(per_frame[:, cols], 75, axis=0)
+    value = nanquantile(per_frame, 0.75, axis=0)
     return value, n
 
 
-# Spread of one tracklet's signature about its person's, per component, measured on the
-# real clips (docs/identity.md, bench/identity_spreads.py). A component measured on n
-# frames has spread sqrt(BETWEEN^2 + WITHIN^2 / n).
-SIGNATURE_BETWEEN = np.array([0.08, 0.10, 0.08, 0.08])
-SIGNATURE_WITHIN = np.array([0.25, 0.30, 0.20, 0.20])
+# Spreads measured on the real clips (bench/bench_identity.py, docs/identity.md):
+# SIGNATURE_WITHIN is the per-frame standard deviation of each log ratio within one
+# tracklet (pose, foreshortening, detector noise; median over the 19 tracklets of >= 30
+# frames); SIGNATURE_BETWEEN the spread of a whole tracklet's signature about the
+# person's (rms difference of the two halves of a tracklet over sqrt(2)). A component
+# measured on n frames then has variance BETWEEN^2 + WITHIN^2 / n.
+SIGNATURE_WITHIN = np.array([0.105, 0.141, 0.076, 0.131])
+SIGNATURE_BETWEEN = np.array([0.069, 0.075, 0.062, 0.069])
 
 
 def signature_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
@@ -153,11 +151,22 @@ def signature_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np
     return float(np.sqrt(z2[both].mean()))
 
 
-def nanmedian(a: np.ndarray, axis: int) -> np.ndarray:
-    """np.nanmedian without the warning for all-NaN rows (those give NaN)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        return np.asarray(np.nanmedian(a, axis=axis))
+def nanquantile(a: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
+    """np.nanquantile (linear interpolation) by one sort: NaN where a slice has no value.
+    numpy's own goes through a per-slice fallback that costs ~1 ms a call here."""
+    x = np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
+    s = np.sort(x, axis=-1)  # NaN sorts last
+    n = np.isfinite(x).sum(axis=-1)
+    pos = q * np.maximum(n - 1, 0)
+    lo = np.floor(pos).astype(np.intp)
+    hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
+    v_lo = np.take_along_axis(s, lo[..., None], axis=-1)[..., 0]
+    v_hi = np.take_along_axis(s, hi[..., None], axis=-1)[..., 0]
+    return np.where(n > 0, v_lo + (pos - lo) * (v_hi - v_lo), np.nan)
+
+
+def nanmedian(a: np.ndarray, axis: int = -1) -> np.ndarray:
+    return nanquantile(a, 0.5, axis)
 
 
 def mirrored(poses: np.ndarray) -> np.ndarray:

@@ -31,6 +31,7 @@ from pose_analyzer.identity.skeleton import (
     limb_lengths,
     mirrored,
     nanmedian,
+    nanquantile,
 )
 from pose_analyzer.keypoints import PersonPose
 
@@ -79,11 +80,7 @@ class Tracklet:
             return np.full(LIMB_B.shape[0], np.nan)
         hist = np.stack(self.limbs)
         n = np.isfinite(hist).sum(axis=0)
-        ref = np.full(hist.shape[1], np.nan)
-        cols = n >= _MIN_LIMB_SAMPLES
-        if cols.any():
-            ref[cols] = np.nanpercentile(hist[:, cols], 90, axis=0)
-        return ref
+        return np.where(n >= _MIN_LIMB_SAMPLES, nanquantile(hist, 0.9, axis=0), np.nan)
 
     def velocity(self, window_s: float = 0.5) -> np.ndarray:
         """Centre velocity (px/s) over the last `window_s`, from a line fit; 0 if unknown."""
