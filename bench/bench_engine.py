@@ -125,7 +125,6 @@ def engine_alone() -> dict[str, float]:
     """Engine per frame on the cached detections: no detector, no decode."""
     from pose_analyzer.detectors.replay import read_keypoints
     from pose_analyzer.engine import LiveEngine, analyze_recording
-
     from pose_analyzer.engine.modes import identify_recording
 
     frames = list(read_keypoints(REAL / "sports2d_demo.jsonl"))
