@@ -220,6 +220,7 @@ def accuracy() -> dict[str, Any]:
         report = analyze_recording(frames, exercise, 30.0 if "sports2d" in name else 60.0).report
         entry: dict[str, Any] = {
             "people_labelled": identity.get(name, {}).get("people"),
+            "people_detected_labelled": identity.get(name, {}).get("detected_persons"),
             "person_ids": len(report.people),
         }
         if label:
