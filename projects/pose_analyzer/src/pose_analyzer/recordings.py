@@ -132,9 +132,11 @@ def _detected(
             batch.clear()
             return out
 
+        first = True
         for item in source:
             batch.append(item)
-            if len(batch) == BATCH:
+            if len(batch) == BATCH or first:  # the first frame alone: start-up is its latency
+                first = False
                 yield from flush()
         if batch:
             yield from flush()
@@ -268,13 +270,23 @@ def run_analysis(
     export_keypoints: str | Path | None = None,
     progress: bool | None = None,
     config: EngineConfig | None = None,
+    refine: bool = False,
 ) -> tuple[Report, dict[str, Path]]:
-    """Analyze a recording and write report.json, angles.csv, angles.png (and annotated.mp4)."""
+    """Analyze a recording and write report.json, angles.csv, angles.png (and annotated.mp4).
+
+    refine: search again at higher resolution where the detector finds nobody or loses
+    someone (detectors/refine.py); off by default until its benchmark shows it pays."""
     exercise = get_exercise(exercise_name)
     input_path = Path(input_path)
     backend = backend or default_backend(input_path)
     analysis, size, video_input = analyze_input(
-        input_path, exercise, backend=backend, model=model, config=config, progress=progress
+        input_path,
+        exercise,
+        backend=backend,
+        model=model,
+        config=config,
+        progress=progress,
+        detector_options={"refine": True} if refine and backend != "replay" else None,
     )
     report = analysis.report
     if export_keypoints is not None:
