@@ -84,6 +84,7 @@ def make_scene(
     noise_px: float = 0.0,
     occlude: bool = True,
     seed: int = 0,
+    reps: int = 2,
 ) -> Scene:
     """Two athletes squatting side by side, seen by every camera of `rig`."""
     rng = np.random.default_rng(seed)
@@ -96,7 +97,7 @@ def make_scene(
     pts = np.zeros((frames, P, NUM_JOINTS, 3))
     truth: list[dict[str, np.ndarray]] = [{} for _ in people]
     for p, spec in enumerate(people):
-        for k, params in enumerate(squat_params(frames, fps, 2, spec["phase"])):
+        for k, params in enumerate(squat_params(frames, fps, reps, spec["phase"])):
             pts[k, p] = body_to_world(skeleton(params), spec["heading"], spec["at"])
             for name, value in truth_angles(params, "side").items():
                 truth[p].setdefault(name, np.full(frames, np.nan))[k] = value

@@ -180,3 +180,24 @@ def test_a_late_view_is_left_out_never_waited_for(lag_s: float) -> None:
     else:
         assert inst.views_missing == []
     assert len(inst.people) == 2
+
+
+def test_live_rig_counts_each_persons_reps_once_for_the_whole_rig() -> None:
+    """Two reps for the first athlete (phase 0), one whole rep for the second (phase 0.4:
+    it starts near the bottom of a rep and its third one is unfinished at the end)."""
+    from pose_analyzer.exercises import get_exercise
+    from pose_analyzer.multiview.live import LiveRig
+
+    rig = demo_rig()
+    scene = make_scene(rig, frames=180, fps=30.0, noise_px=2.0, seed=3, reps=2)
+    live = LiveRig(RigFuser(rig, 30.0), get_exercise("squat"))
+    owner: dict[int, int] = {}
+    for k, t in enumerate(scene.t):
+        step = live.step(float(t), {n: scene.frames[n][k] for n in rig.names})
+        for person in step.people:
+            (p,) = _person_of(scene, k, person.fused.detections)
+            owner.setdefault(person.fused.track_id, p)
+        assert step.to_dict()["people"][0]["rep_count"] >= 0
+    live.finish()  # end of the session: a rep back at rest completes
+    counts = {owner[tid]: live.rep_count(tid) for tid in owner}
+    assert counts == {0: 2, 1: 1}
