@@ -43,8 +43,7 @@ def masked_median(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     count = valid.sum(axis=-1)
     lo = np.maximum((count - 1) // 2, 0)[..., None]
     hi = np.maximum(count // 2, 0)[..., None]
-    with np.errstate(invalid="ignore"):
-        mid = (np.take_along_axis(x, lo, -1) + np.take_along_axis(x, hi, -1))[..., 0] / 2
+    mid = (np.take_along_axis(x, lo, -1) + np.take_along_axis(x, hi, -1))[..., 0] / 2
     return np.where(count > 0, mid, np.nan)
 
 
@@ -160,7 +159,20 @@ def cluster(cost: np.ndarray, group: np.ndarray, max_cost: float) -> list[list[i
     blocked = np.isinf(cost)
     alive = np.ones(n, dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore"):
-        link = total / count
+        return _merge(clusters, member, total, count, blocked, alive, total / count, max_cost)
+
+
+def _merge(
+    clusters: list[list[int]],
+    member: np.ndarray,
+    total: np.ndarray,
+    count: np.ndarray,
+    blocked: np.ndarray,
+    alive: np.ndarray,
+    link: np.ndarray,
+    max_cost: float,
+) -> list[list[int]]:
+    n = link.shape[0]
     conflict = (member @ member.T) > 0
     link[(count == 0) | blocked | conflict] = np.inf
     while True:
@@ -174,8 +186,7 @@ def cluster(cost: np.ndarray, group: np.ndarray, max_cost: float) -> list[list[i
         total[i] += total[j]
         count[i] += count[j]
         blocked[i] |= blocked[j]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            row = total[i] / count[i]
+        row = total[i] / count[i]
         bad = (count[i] == 0) | blocked[i] | ((member @ member[i]) > 0) | ~alive
         row[bad] = np.inf
         total[:, i], count[:, i], blocked[:, i] = total[i], count[i], blocked[i]

@@ -118,6 +118,10 @@ class RigFuser:
 
     def fuse(self, t: float, views: Mapping[str, FramePoses]) -> FusedInstant:
         """Fuse the views captured within the tolerance of `t`; the rest are left out."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._fuse(t, views)
+
+    def _fuse(self, t: float, views: Mapping[str, FramePoses]) -> FusedInstant:
         V = len(self.rig)
         result = FusedInstant(index=self.instants, t=t)
         self.instants += 1
