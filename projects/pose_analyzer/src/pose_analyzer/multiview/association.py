@@ -106,11 +106,23 @@ def ray_bundles(
     )
 
 
-def ray_costs(centres: np.ndarray, dirs: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(D, D) median closest-approach distance of shared joints' rays; NaN when too few."""
-    c1, c2 = centres[:, None, None, :], centres[None, :, None, :]
-    d1, d2 = dirs[:, None], dirs[None, :]
-    w0 = c1 - c2
+def ray_costs(
+    centres: np.ndarray, dirs: np.ndarray, valid: np.ndarray, views: np.ndarray | None = None
+) -> np.ndarray:
+    """(D, D) median closest-approach distance of shared joints' rays; NaN when too few.
+
+    Only pairs from different views (`views`, when given) are computed, once each.
+    """
+    D = centres.shape[0]
+    out = np.full((D, D), np.nan)
+    ia, ib = np.triu_indices(D, 1)
+    if views is not None:
+        keep = views[ia] != views[ib]
+        ia, ib = ia[keep], ib[keep]
+    if ia.size == 0:
+        return out
+    d1, d2 = dirs[ia], dirs[ib]  # (P, J, 3)
+    w0 = (centres[ia] - centres[ib])[:, None, :]
     b = (d1 * d2).sum(axis=-1)
     d = (d1 * w0).sum(axis=-1)
     e = (d2 * w0).sum(axis=-1)
@@ -120,11 +132,13 @@ def ray_costs(centres: np.ndarray, dirs: np.ndarray, valid: np.ndarray) -> np.nd
         u = (e - b * d) / den
         diff = w0 + s[..., None] * d1 - u[..., None] * d2
         gap = np.sqrt((diff * diff).sum(axis=-1))
-    both = valid[:, None] & valid[None, :] & (den > 1e-9)
+    both = valid[ia] & valid[ib] & (den > 1e-9)
     # A meeting point behind either camera is no meeting at all.
     gap = np.where((s > 0) & (u > 0), gap, np.inf)
-    out = masked_median(gap, both)
-    return np.where(both.sum(axis=-1) >= MIN_SHARED_JOINTS, out, np.nan)
+    med = np.where(both.sum(axis=-1) >= MIN_SHARED_JOINTS, masked_median(gap, both), np.nan)
+    out[ia, ib] = med
+    out[ib, ia] = med
+    return out
 
 
 def track_costs(
@@ -222,7 +236,7 @@ class Associator:
         )
         D, T = len(views), len(self.tracks)
         cost = np.full((D + T, D + T), np.nan)
-        cost[:D, :D] = ray_costs(centres, dirs, valid)
+        cost[:D, :D] = ray_costs(centres, dirs, valid, views)
         tc = track_costs(self.tracks, t, centres, dirs, valid)
         cost[D:, :D] = tc / TRACK_SLACK
         cost[:D, D:] = tc.T / TRACK_SLACK
