@@ -84,19 +84,22 @@ def make_scene(
     noise_px: float = 0.0,
     occlude: bool = True,
     seed: int = 0,
+    reps: int = 2,
+    people_count: int = 2,
 ) -> Scene:
-    """Two athletes squatting side by side, seen by every camera of `rig`."""
+    """Two (or three) athletes squatting side by side, seen by every camera of `rig`."""
     rng = np.random.default_rng(seed)
     people = [
         {"heading": 30.0, "at": (-1.0, -0.1), "phase": 0.0},
         {"heading": 200.0, "at": (0.2, -0.6), "phase": 0.4},
-    ]
+        {"heading": 110.0, "at": (-0.2, 0.0), "phase": 0.7},
+    ][:people_count]
     P, V = len(people), len(rig)
     t = np.arange(frames) / fps
     pts = np.zeros((frames, P, NUM_JOINTS, 3))
     truth: list[dict[str, np.ndarray]] = [{} for _ in people]
     for p, spec in enumerate(people):
-        for k, params in enumerate(squat_params(frames, fps, 2, spec["phase"])):
+        for k, params in enumerate(squat_params(frames, fps, reps, spec["phase"])):
             pts[k, p] = body_to_world(skeleton(params), spec["heading"], spec["at"])
             for name, value in truth_angles(params, "side").items():
                 truth[p].setdefault(name, np.full(frames, np.nan))[k] = value

@@ -188,3 +188,32 @@ def test_real_videos_are_checked_before_any_model_loads(
     vids = [str(videos / f"{v}.mp4") for v in VIEWS]
     code, err = _run(["--calibration", str(toml), *vids, "--model", "no-such.task"], capsys)
     assert code == 2 and "calibrated at 1280x720" in err
+
+
+@pytest.mark.slow
+def test_annotated_view_shows_the_reprojected_skeleton(tmp_path: Path) -> None:
+    """cam03's video with the fused 3D skeleton drawn where the rig reprojects it."""
+    import cv2
+
+    from pose_analyzer.exercises import get_exercise
+    from pose_analyzer.multiview.pipeline import _annotate
+
+    video = REPO / "data" / "samples" / "pose2sim" / "single" / "cam03.mp4"
+    if not video.exists():
+        pytest.skip("Pose2Sim samples missing: run `make fetch-samples`")
+    result = analyze_multiview(DEMO_CALIB, _inputs("single"), "squat")
+    view = result.views[2]
+    view.path, view.keypoints = video, False
+    paths = _annotate(result, get_exercise("squat"), tmp_path)
+    assert list(paths) == ["video_cam03"]
+    drawn, plain = cv2.VideoCapture(str(paths["video_cam03"])), cv2.VideoCapture(str(video))
+    assert int(drawn.get(cv2.CAP_PROP_FRAME_COUNT)) == 100
+    for _ in range(51):
+        ok1, a = drawn.read()
+        ok2, b = plain.read()
+    assert ok1 and ok2
+    person = result.people[0]
+    u, v = np.round(result.rig[2].project(person.points[50, JOINT_INDEX["left_knee"]])).astype(int)
+    patch = (slice(v - 3, v + 4), slice(u - 3, u + 4))
+    # The joint marker is white and solid; the video there is not.
+    assert a[patch].mean() > 200 and abs(a[patch].astype(int) - b[patch]).mean() > 20

@@ -37,13 +37,14 @@ def _j(name: str) -> int:
 
 
 def _unit(v: np.ndarray) -> np.ndarray:
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.asarray(v / np.linalg.norm(v, axis=-1, keepdims=True))
+    """v / |v| (callers hold np.errstate: a zero vector is NaN, silently)."""
+    return np.asarray(v / np.sqrt((v * v).sum(axis=-1, keepdims=True)))
 
 
 def _angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Angle (deg) between vectors (..., 3), robust near 0 and 180."""
-    cross = np.linalg.norm(_cross(u, v), axis=-1)
+    c = _cross(u, v)
+    cross = np.sqrt((c * c).sum(axis=-1))
     dot = (u * v).sum(axis=-1)
     return np.asarray(np.arctan2(cross, dot) * _DEG)
 

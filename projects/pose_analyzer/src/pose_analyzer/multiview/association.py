@@ -43,8 +43,7 @@ def masked_median(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     count = valid.sum(axis=-1)
     lo = np.maximum((count - 1) // 2, 0)[..., None]
     hi = np.maximum(count // 2, 0)[..., None]
-    with np.errstate(invalid="ignore"):
-        mid = (np.take_along_axis(x, lo, -1) + np.take_along_axis(x, hi, -1))[..., 0] / 2
+    mid = (np.take_along_axis(x, lo, -1) + np.take_along_axis(x, hi, -1))[..., 0] / 2
     return np.where(count > 0, mid, np.nan)
 
 
@@ -107,11 +106,23 @@ def ray_bundles(
     )
 
 
-def ray_costs(centres: np.ndarray, dirs: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """(D, D) median closest-approach distance of shared joints' rays; NaN when too few."""
-    c1, c2 = centres[:, None, None, :], centres[None, :, None, :]
-    d1, d2 = dirs[:, None], dirs[None, :]
-    w0 = c1 - c2
+def ray_costs(
+    centres: np.ndarray, dirs: np.ndarray, valid: np.ndarray, views: np.ndarray | None = None
+) -> np.ndarray:
+    """(D, D) median closest-approach distance of shared joints' rays; NaN when too few.
+
+    Only pairs from different views (`views`, when given) are computed, once each.
+    """
+    D = centres.shape[0]
+    out = np.full((D, D), np.nan)
+    ia, ib = np.triu_indices(D, 1)
+    if views is not None:
+        keep = views[ia] != views[ib]
+        ia, ib = ia[keep], ib[keep]
+    if ia.size == 0:
+        return out
+    d1, d2 = dirs[ia], dirs[ib]  # (P, J, 3)
+    w0 = (centres[ia] - centres[ib])[:, None, :]
     b = (d1 * d2).sum(axis=-1)
     d = (d1 * w0).sum(axis=-1)
     e = (d2 * w0).sum(axis=-1)
@@ -121,11 +132,13 @@ def ray_costs(centres: np.ndarray, dirs: np.ndarray, valid: np.ndarray) -> np.nd
         u = (e - b * d) / den
         diff = w0 + s[..., None] * d1 - u[..., None] * d2
         gap = np.sqrt((diff * diff).sum(axis=-1))
-    both = valid[:, None] & valid[None, :] & (den > 1e-9)
+    both = valid[ia] & valid[ib] & (den > 1e-9)
     # A meeting point behind either camera is no meeting at all.
     gap = np.where((s > 0) & (u > 0), gap, np.inf)
-    out = masked_median(gap, both)
-    return np.where(both.sum(axis=-1) >= MIN_SHARED_JOINTS, out, np.nan)
+    med = np.where(both.sum(axis=-1) >= MIN_SHARED_JOINTS, masked_median(gap, both), np.nan)
+    out[ia, ib] = med
+    out[ib, ia] = med
+    return out
 
 
 def track_costs(
@@ -160,7 +173,20 @@ def cluster(cost: np.ndarray, group: np.ndarray, max_cost: float) -> list[list[i
     blocked = np.isinf(cost)
     alive = np.ones(n, dtype=bool)
     with np.errstate(invalid="ignore", divide="ignore"):
-        link = total / count
+        return _merge(clusters, member, total, count, blocked, alive, total / count, max_cost)
+
+
+def _merge(
+    clusters: list[list[int]],
+    member: np.ndarray,
+    total: np.ndarray,
+    count: np.ndarray,
+    blocked: np.ndarray,
+    alive: np.ndarray,
+    link: np.ndarray,
+    max_cost: float,
+) -> list[list[int]]:
+    n = link.shape[0]
     conflict = (member @ member.T) > 0
     link[(count == 0) | blocked | conflict] = np.inf
     while True:
@@ -174,8 +200,7 @@ def cluster(cost: np.ndarray, group: np.ndarray, max_cost: float) -> list[list[i
         total[i] += total[j]
         count[i] += count[j]
         blocked[i] |= blocked[j]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            row = total[i] / count[i]
+        row = total[i] / count[i]
         bad = (count[i] == 0) | blocked[i] | ((member @ member[i]) > 0) | ~alive
         row[bad] = np.inf
         total[:, i], count[:, i], blocked[:, i] = total[i], count[i], blocked[i]
@@ -211,7 +236,7 @@ class Associator:
         )
         D, T = len(views), len(self.tracks)
         cost = np.full((D + T, D + T), np.nan)
-        cost[:D, :D] = ray_costs(centres, dirs, valid)
+        cost[:D, :D] = ray_costs(centres, dirs, valid, views)
         tc = track_costs(self.tracks, t, centres, dirs, valid)
         cost[D:, :D] = tc / TRACK_SLACK
         cost[:D, D:] = tc.T / TRACK_SLACK

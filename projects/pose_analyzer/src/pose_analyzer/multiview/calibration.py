@@ -179,7 +179,7 @@ class CameraRig:
     def __getitem__(self, i: int) -> Camera:
         return self.cameras[i]
 
-    @property
+    @cached_property
     def names(self) -> list[str]:
         return [c.name for c in self.cameras]
 

@@ -32,6 +32,7 @@ from pose_analyzer.exercises import (
 from pose_analyzer.keypoints import JOINTS, NUM_JOINTS, FramePoses, ModelNotFoundError, PersonPose
 from pose_analyzer.multiview.calibration import (
     CalibrationError,
+    Camera,
     CameraRig,
     load_calibration,
     match_videos,
@@ -93,6 +94,8 @@ class MultiviewResult:
     views: list[ViewInput]
     instants: list[FusedInstant]
     people: list[MultiviewPerson] = field(default_factory=list)
+    # Per instant, the frame index each view contributed (offsets make them differ).
+    frame_index: list[dict[str, int]] = field(default_factory=list)
 
     def per_view_median_error(self) -> dict[str, float | None]:
         out: dict[str, float | None] = {}
@@ -224,6 +227,7 @@ def analyze_multiview(
     fuser = RigFuser(rig, fps)
     # Offsets already put every frame on the rig's clock.
     fused = []
+    frame_index = [{n: f.index for n, f in frames.items()} for _, frames in instants]
     for t, frames in instants:
         on_clock = {
             n: FramePoses(f.index, t, f.width, f.height, f.people) for n, f in frames.items()
@@ -236,7 +240,9 @@ def analyze_multiview(
         fps=fps,
         frames=len(fused),
     )
-    result = MultiviewResult(report=report, rig=rig, views=views, instants=fused)
+    result = MultiviewResult(
+        report=report, rig=rig, views=views, instants=fused, frame_index=frame_index
+    )
     series: dict[int, list[tuple[float, Any]]] = {}
     for inst in fused:
         for person in inst.people:
@@ -327,46 +333,50 @@ def _write_trcs(result: MultiviewResult, out: Path) -> dict[str, Path]:
     return paths
 
 
+def _draw_person(
+    image: np.ndarray, cam: Camera, person: MultiviewPerson, row: int, t: float, shown: list[str]
+) -> None:
+    uv = cam.project(person.points[row])
+    kp = np.zeros((NUM_JOINTS, 3), np.float32)
+    kp[:, :2] = uv
+    kp[:, 2] = np.isfinite(uv).all(axis=1)
+    pr = person.report
+    angles = {n: float(pr.angles[row, ANGLE_INDEX[n]]) for n in shown}
+    done = sum(1 for r in pr.reps if r.end_s <= t)
+    cues = [
+        f.message for r in pr.reps if r.start_s <= t <= r.end_s + CUE_AFTER_REP_S for f in r.faults
+    ]
+    draw_pose(image, PersonPose(kp, track_id=pr.id), angles, done, cues)
+
+
 def _annotate(result: MultiviewResult, exercise: Exercise, out: Path) -> dict[str, Path]:
     """Per view: the video with every 3D person reprojected into it (what the rig believes)."""
-    paths: dict[str, Path] = {}
-    t_all = [i.t for i in result.instants]
-    lookup = []
-    for person in result.people:
-        lookup.append({float(t): k for k, t in enumerate(person.t)})
     from pose_analyzer.plotting import traced_angles
 
+    paths: dict[str, Path] = {}
+    t_all = [i.t for i in result.instants]
+    lookup = [{float(t): k for k, t in enumerate(p.t)} for p in result.people]
     shown = traced_angles(exercise)
     for view, cam in zip(result.views, result.rig.cameras, strict=True):
         if view.keypoints:
             continue
+        # The instant each of this view's frames went into (offsets shift them).
+        instant_of = {
+            idx[view.name]: k for k, idx in enumerate(result.frame_index) if view.name in idx
+        }
         path = out / f"annotated_{view.name}.mp4"
         with (
             open_video(view.path) as source,
             VideoWriter(path, result.report.fps, view.size) as writer,
         ):
-            for k, (_, _, image) in enumerate(source):
-                if k >= len(t_all):
-                    break
-                t = float(t_all[k])
-                for person, rows in zip(result.people, lookup, strict=True):
-                    row = rows.get(t)
-                    if row is None:
-                        continue
-                    uv = cam.project(person.points[row])
-                    kp = np.zeros((NUM_JOINTS, 3), np.float32)
-                    kp[:, :2] = uv
-                    kp[:, 2] = np.isfinite(uv).all(axis=1)
-                    pr = person.report
-                    angles = {n: float(pr.angles[row, ANGLE_INDEX[n]]) for n in shown}
-                    done = sum(1 for r in pr.reps if r.end_s <= t)
-                    cues = [
-                        f.message
-                        for r in pr.reps
-                        if r.start_s <= t <= r.end_s + CUE_AFTER_REP_S
-                        for f in r.faults
-                    ]
-                    draw_pose(image, PersonPose(kp, track_id=pr.id), angles, done, cues)
+            for frame_no, _, image in source:
+                k = instant_of.get(frame_no)
+                if k is not None:
+                    t = float(t_all[k])
+                    for person, rows in zip(result.people, lookup, strict=True):
+                        row = rows.get(t)
+                        if row is not None:
+                            _draw_person(image, cam, person, row, t, shown)
                 writer.write(image)
         paths[f"video_{view.name}"] = path
     return paths

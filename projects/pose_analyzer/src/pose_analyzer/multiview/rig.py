@@ -118,6 +118,13 @@ class RigFuser:
 
     def fuse(self, t: float, views: Mapping[str, FramePoses]) -> FusedInstant:
         """Fuse the views captured within the tolerance of `t`; the rest are left out."""
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return self._fuse(t, views)
+
+    def _fuse(self, t: float, views: Mapping[str, FramePoses]) -> FusedInstant:
+        unknown = set(views) - set(self._index)
+        if unknown:
+            raise ValueError(f"views {sorted(unknown)} are not cameras of the rig")
         V = len(self.rig)
         result = FusedInstant(index=self.instants, t=t)
         self.instants += 1
@@ -130,9 +137,6 @@ class RigFuser:
             result.views_used.append(name)
             if frame.people:
                 kps[self._index[name]] = np.stack([p.keypoints for p in frame.people])
-        unknown = set(views) - set(self._index)
-        if unknown:
-            raise ValueError(f"views {sorted(unknown)} are not cameras of the rig")
         # Undistorted once: association and triangulation both work on these.
         norms = [
             cam.undistort(kp[..., :2]) if kp.shape[0] else np.zeros((0, NUM_JOINTS, 2))
