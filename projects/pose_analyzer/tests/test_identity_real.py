@@ -136,6 +136,25 @@ def test_pose2sim_single_views_one_id_over_all_100_frames() -> None:
 
 # -- adversarial sequences built from the real detections -----------------------------
 
+
+@pytest.mark.parametrize("mode", list(MODES))
+def test_person_lying_down_keeps_one_id(mode: str) -> None:
+    # The real performer turned 90 degrees (as a floor exercise is seen): nothing in
+    # identity may assume people are upright (scale, limbs, plausibility).
+    fr = frames("pose2sim_single_cam01")
+    for f in fr:
+        cx, cy = f.width / 2, f.height / 2
+        for p in f.people:
+            x, y = p.keypoints[:, 0].copy(), p.keypoints[:, 1].copy()
+            p.keypoints[:, 0], p.keypoints[:, 1] = cy + (y - cy), cx - (x - cx)
+            p.box = None
+        f.width, f.height = f.height, f.width
+    out = MODES[mode](fr)
+    assert set(spans(out)) == {1}
+    tol = LIVE_TOL if mode == "live" else 0
+    assert sum(1 for f in out if f.people) >= 100 - tol
+
+
 ATHLETE = LABELS["sports2d_demo"]["person"][0]
 WALKER = LABELS["sports2d_demo"]["person"][1]
 
@@ -153,6 +172,21 @@ def _is_walker(p: PersonPose, f: FramePoses) -> bool:
 
 def _athlete_id(out: list[FramePoses]) -> set[int | None]:
     return {id_at(out, int(fr), x, y) for fr, x, y in ATHLETE["anchors"]}
+
+
+def test_reacquired_athlete_is_two_tracklets_of_one_person_live_and_offline() -> None:
+    fr = frames("sports2d_demo")
+    for f in fr:
+        if 60 <= f.index < 150:
+            f.people = [p for p in f.people if not _is_athlete(p, f)]
+    ident = LiveIdentity()
+    out = [dataclasses.replace(f, people=ident.update(f)) for f in fr]
+    pid = id_at(out, 30, 0.36, 0.20)
+    assert pid is not None and len(ident.tracklets()[pid]) >= 2
+    off, persons = identify_offline(fr)
+    pid = id_at(off, 30, 0.36, 0.20)
+    assert pid is not None and len(persons[pid]) >= 2
+    assert sorted(persons) == list(range(1, len(persons) + 1))
 
 
 @pytest.mark.parametrize("mode", list(MODES))

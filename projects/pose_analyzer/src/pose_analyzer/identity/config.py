@@ -28,6 +28,7 @@ class IdentityConfig:
     # `max_match_distance` body heights from the prediction or the last seen place.
     gate_sigmas: float = 4.0
     max_match_distance: float = 1.0
+    ambiguity_margin: float = 0.05  # two known people fitting a detection this alike: skip it
     max_age_s: float = 1.0  # how long a tracklet coasts before it is closed
     min_hits: int = 3  # frames before a live tracklet is trusted as a person
     # Plausibility.
@@ -43,7 +44,7 @@ class IdentityConfig:
     signature_gate: float = 3.0  # signature distance (in measured spreads) above: not them
     reacquire_speed: float = 1.5  # body heights per second a lost person may have moved
     reacquire_distance: float = 0.25  # body heights of slack on top of that
-    shadow_max_s: float = 0.5  # offline: a tracklet this short riding on another's person...
+    shadow_max_s: float = 1.0  # a tracklet overlapping another's person at most this long...
     shadow_distance: float = 0.5  # ...within this many body heights is a second skeleton
     min_tracklet_frames: int = 4  # offline: shorter tracklets that link to nobody are noise
     max_stitch_gap_s: float = 30.0  # offline: tracklets further apart are never linked

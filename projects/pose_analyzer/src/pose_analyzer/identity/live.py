@@ -13,6 +13,8 @@ from pose_analyzer.identity.persons import INFEASIBLE, link_cost, shadow_host
 from pose_analyzer.identity.tracklets import Observation, Tracklet, TrackletTracker
 from pose_analyzer.keypoints import FramePoses, PersonPose
 
+_HISTORY = 300  # frames of per-frame records a live tracklet keeps (~10 s at 30 fps)
+
 
 @dataclass
 class _Person:
@@ -36,7 +38,7 @@ class LiveIdentity:
 
     def __init__(self, config: IdentityConfig | None = None) -> None:
         self.config = config or IdentityConfig()
-        self._tracker = TrackletTracker(self.config)
+        self._tracker = TrackletTracker(self.config, history=_HISTORY)
         self._persons: dict[int, _Person] = {}
         self._next_pid = 1
 

@@ -70,28 +70,31 @@ def link_cost(
 
 
 def shadow_host(tr: Tracklet, others: list[Tracklet], config: IdentityConfig) -> Tracklet | None:
-    """The tracklet whose person `tr` is a second skeleton of, if any: a short tracklet
-    that, in most of the frames it has, sits within `shadow_distance` body heights of an
-    older tracklet's observation in the same frame (a duplicate that the per-frame test
-    let through, e.g. a skeleton on the lower half of someone)."""
-    if tr.t_last - tr.t_first > config.shadow_max_s:
-        return None
+    """The tracklet whose person `tr` is a second skeleton of, if any.
+
+    `tr` overlaps an older tracklet in time for at most `shadow_max_s`, and in most of
+    the frames where both were observed it sat within `shadow_distance` body heights of
+    it: a duplicate the per-frame test let through (e.g. a skeleton on the lower half
+    of someone) that then, while the real one was missed, carried on as its own
+    tracklet. Two people who walk past each other overlap for longer, and are that
+    close only for the few frames of the crossing."""
     mine = dict(zip(tr.frames, zip(tr.centres, tr.scales, strict=True), strict=True))
-    votes: dict[int, int] = {}
+    best: Tracklet | None = None
+    best_votes = 0
     for other in others:
-        if other is tr or other.hits <= tr.hits or other.t_last < tr.t_first:
+        if other is tr or other.hits <= tr.hits:
             continue
-        if other.t_first > tr.t_last:
+        overlap = min(tr.t_last, other.t_last) - max(tr.t_first, other.t_first)
+        if overlap < 0 or overlap > config.shadow_max_s:
             continue
+        both = near = 0
         for f, oc, os_ in zip(other.frames, other.centres, other.scales, strict=True):
             m = mine.get(f)
-            if m is not None and np.linalg.norm(m[0] - oc) < config.shadow_distance * max(
-                m[1], os_
-            ):
-                votes[id(other)] = votes.get(id(other), 0) + 1
-    if not votes:
-        return None
-    best = max(votes, key=lambda k: votes[k])
-    if votes[best] < 0.5 * len(tr.frames):
-        return None
-    return next(o for o in others if id(o) == best)
+            if m is None:
+                continue
+            both += 1
+            if np.linalg.norm(m[0] - oc) < config.shadow_distance * max(m[1], os_):
+                near += 1
+        if both and near >= 0.5 * both and near > best_votes:
+            best, best_votes = other, near
+    return best

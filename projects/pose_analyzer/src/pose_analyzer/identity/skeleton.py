@@ -134,7 +134,7 @@ def tracklet_signature(per_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 # person's (rms difference of the two halves of a tracklet over sqrt(2)). A component
 # measured on n frames then has variance BETWEEN^2 + WITHIN^2 / n.
 SIGNATURE_WITHIN = np.array([0.105, 0.141, 0.076, 0.131])
-SIGNATURE_BETWEEN = np.array([0.069, 0.075, 0.062, 0.069])
+SIGNATURE_BETWEEN = np.array([0.072, 0.078, 0.063, 0.071])
 
 
 def signature_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:

@@ -115,8 +115,12 @@ class Observation:
 
 
 class TrackletTracker:
-    def __init__(self, config: IdentityConfig) -> None:
+    """`history`: frames of per-frame records a tracklet keeps (None: all, offline). A
+    live stream runs for hours; its tracklets keep the last `history` to 2x `history`."""
+
+    def __init__(self, config: IdentityConfig, history: int | None = None) -> None:
         self.config = config
+        self.history = history
         self.active: list[Tracklet] = []
         self.closed: list[Tracklet] = []
         self._next = 1
@@ -203,8 +207,13 @@ class TrackletTracker:
             last.append(tr.kalman.p)
         pred_a, var_a, last_a = np.stack(pred), np.stack(var), np.stack(last)
         tr_ok = np.isfinite(pred_a).all(axis=-1)  # (T, J)
-        coasting = np.array([t - tr.t_last > 1.5 * self._frame_dt for tr in self.active])
+        # Matching at the last seen place is for someone who stepped out and came back
+        # the way they went; for a frame or two of coasting the prediction is better (a
+        # person missed at a crossing is further on, not where they were).
+        coasting = np.array([t - tr.t_last > 0.5 * cfg.max_prediction_s for tr in self.active])
         r = (cfg.measurement_noise * tr_scale) ** 2
+        since = np.array([t - tr.t_last for tr in self.active])
+        spread = 0.5 * np.log1p(cfg.accel_noise**2 * since**3 / (3 * cfg.measurement_noise**2))
         for alt, alt_ok in ((kp, ok), (mirrored(kp), mirrored(ok[..., None])[..., 0])):
             both = tr_ok[:, None, :] & alt_ok[None, :, :]
             shared = both.sum(axis=-1)
@@ -225,8 +234,11 @@ class TrackletTracker:
                 sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
                 z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
                 sig = z.sum(axis=-1) / np.maximum(shared, 1)
-                log_sd = np.where(both, np.log(sd / np.sqrt(r)[:, None, None]), 0.0)
-                nll = (0.5 * z**2 + log_sd).sum(axis=-1) / np.maximum(shared, 1)
+                # The spread term depends only on how long a track has not been seen (the
+                # growth of its prediction's variance relative to the measurement noise,
+                # which is scale-free): tracks seen equally recently are compared on fit
+                # alone, and one seen a frame ago beats one that has coasted for a while.
+                nll = (0.5 * z**2).sum(axis=-1) / np.maximum(shared, 1) + spread[:, None]
                 px = dist.sum(axis=-1) / np.maximum(shared, 1) / tr_scale[:, None]
                 feasible = (
                     rows[:, None]
@@ -273,6 +285,7 @@ class TrackletTracker:
         quality = ok.sum(axis=1) * np.array([people[int(i)].score for i in idx])
 
         assigned: dict[int, tuple[Tracklet, bool]] = {}
+        self.ambiguous: set[int] = set()
         if self.active:
             direct, mirror, z_direct, z_mirror, step, step_m = self._costs(kp, ok, scale, t)
             hits = np.array([tr.hits for tr in self.active])[:, None]
@@ -288,12 +301,13 @@ class TrackletTracker:
                 & (step_m < cfg.swap_gain * step)
             ) | ((direct >= _INFEASIBLE) & (mirror < _INFEASIBLE))
             cost = np.where(use_mirror, mirror, direct)
-            # Two tracklets on one place: the established one takes the detection.
-            cost = np.where(cost < _INFEASIBLE, cost + 0.5 / hits, cost)
+            # Two tracklets on one place: an established one takes the detection.
+            cost = np.where((cost < _INFEASIBLE) & (hits < cfg.min_hits), cost + 0.5, cost)
             rows, cols = linear_sum_assignment(cost)
             for r_, c_ in zip(rows, cols, strict=True):
                 if cost[r_, c_] < _INFEASIBLE:
                     assigned[int(c_)] = (self.active[int(r_)], bool(use_mirror[r_, c_]))
+            self._drop_ambiguous(cost, hits[:, 0], assigned)
 
         dup = self._suppress_duplicates(self._closeness(kp, ok, scale), quality, assigned)
         self.dropped_duplicates += int(dup.sum())
@@ -301,7 +315,7 @@ class TrackletTracker:
             self._absorb_redundant(kp, ok, scale, assigned, z_direct, z_mirror, t)
         out: list[Observation] = []
         for k in range(len(idx)):
-            if dup[k]:
+            if dup[k] or k in self.ambiguous:
                 continue
             pose = kp[k].copy()
             if k in assigned:
@@ -329,6 +343,27 @@ class TrackletTracker:
             out.append(Observation(cleaned, tr, int(idx[k])))
         return out
 
+    def _drop_ambiguous(
+        self, cost: np.ndarray, hits: np.ndarray, assigned: dict[int, tuple[Tracklet, bool]]
+    ) -> None:
+        """Leave a detection unassigned when another established tracklet, left without a
+        detection this frame, fits it as well (two people crossing, one of them missed):
+        which of them it is cannot be told from this frame, and guessing wrong swaps
+        identities. Both tracklets coast one frame instead; the next frame decides."""
+        cfg = self.config
+        taken = {id(tr) for tr, _ in assigned.values()}
+        rows = {id(tr): i for i, tr in enumerate(self.active)}
+        free = np.array([id(tr) not in taken and tr.hits >= cfg.min_hits for tr in self.active])
+        if not free.any():
+            return
+        for c, (tr, _) in list(assigned.items()):
+            r = rows[id(tr)]
+            rivals = free & (np.abs(cost[:, c] - cost[r, c]) < cfg.ambiguity_margin)
+            rivals[r] = False
+            if rivals.any() and hits[r] >= cfg.min_hits:
+                del assigned[c]
+                self.ambiguous.add(c)
+
     def _absorb_redundant(
         self,
         kp: np.ndarray,
@@ -339,11 +374,12 @@ class TrackletTracker:
         mirror: np.ndarray,
         t: float,
     ) -> None:
-        """Resolve two tracklets following one person (one was born from a duplicate
+        """Resolve two tracklets following one person (a young one born from a duplicate
         skeleton): an unmatched tracklet whose prediction sits on a detection another
         tracklet took would otherwise steal that person's detection every other frame.
         The one with more history keeps the detection; the other is closed and
-        remembered as absorbed into it (offline puts both into one person)."""
+        remembered as absorbed into it (offline puts both into one person). Two
+        established tracklets are never merged here: that is two people close together."""
         cfg = self.config
         matched = {id(tr) for tr, _ in assigned.values()}
         rows = {id(tr): i for i, tr in enumerate(self.active)}
@@ -368,6 +404,9 @@ class TrackletTracker:
                 continue
             k = int(near[0])
             other, _ = assigned[k]
+            young = 2 * cfg.min_hits
+            if tr.hits > young and other.hits > young:
+                continue  # two established people side by side, not one seen twice
             if tr.hits > other.hits:
                 assigned[k] = (tr, bool(mirror[r, k] < direct[r, k]))
                 loser, winner = other, tr
@@ -454,6 +493,10 @@ class TrackletTracker:
         tr.scales.append(scale)
         tr.signatures.append(frame_signatures(pose[None], mc)[0])
         tr.limbs.append(limb_lengths(pose[None], mc)[0])
+        if self.history is not None and len(tr.frames) >= 2 * self.history:
+            keep = -self.history
+            for seq in (tr.frames, tr.times, tr.centres, tr.scales, tr.signatures):
+                del seq[:keep]
 
     def all_tracklets(self) -> list[Tracklet]:
         return sorted(self.closed + self.active, key=lambda tr: tr.tid)
