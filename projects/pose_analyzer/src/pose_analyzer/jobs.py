@@ -160,9 +160,11 @@ class JobRunner:
             if job.frames_total:
                 job.progress = min(job.frames_done / job.frames_total, 0.99)
 
-        options = (
+        options: dict[str, Any] = (
             {"mode": "video", "models_dir": self.models_dir} if job.backend == "mediapipe" else {}
         )
+        if job.backend != "replay":
+            options["refine"] = True  # as the CLI does offline (recordings.run_analysis)
         analysis, _, _ = analyze_input(
             job.input,
             job.exercise,
