@@ -215,3 +215,25 @@ def test_real_clip_through_the_whole_engine(demo, exercises) -> None:
     assert all(p.rep_count == 0 for p in report.people if p.role == "bystander")
     engine = live(demo, exercises["jumping_jack"])
     assert sorted(engine.athletes().values()) == [athlete["reps"]]
+
+
+def test_start_up_leaves_the_heavy_imports_for_later() -> None:
+    """`exercises` and `analyze` up to its first frame load none of the slow modules
+    (bench/bench_engine.py times it; this keeps a stray eager import from coming back)."""
+    import subprocess
+
+    code = (
+        "import sys\n"
+        "from pose_analyzer.cli import main\n"
+        "main(['exercises'])\n"
+        "from pose_analyzer import recordings\n"
+        "heavy = ('scipy', 'matplotlib', 'pydantic_settings', 'mediapipe', 'torch', 'cv2')\n"
+        "loaded = sorted(m for m in heavy if m in sys.modules)\n"
+        "print('LOADED', ','.join(loaded))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    line = next(x for x in out.splitlines() if x.startswith("LOADED"))
+    # cv2 comes with the video module (VideoError); the rest must wait for first use.
+    assert line.split(" ", 1)[1].split(",") in (["cv2"], [""]), line

@@ -41,7 +41,7 @@ def _analyze(args: argparse.Namespace) -> int:
             video=not args.no_video,
             export_keypoints=args.export_keypoints,
             config=EngineConfig(calibrate=False) if args.no_calibrate else None,
-            refine=args.refine,
+            refine=not args.no_refine,
         )
     except USER_ERRORS as exc:
         return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
@@ -100,9 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="count with the definition's thresholds only (no per-athlete calibration)",
     )
     analyze.add_argument(
-        "--refine",
+        "--no-refine",
         action="store_true",
-        help="search again at higher resolution where nobody is found or someone is lost",
+        help="no second, higher-resolution search where nobody is found or someone is lost",
     )
     analyze.set_defaults(func=_analyze)
     from pose_analyzer.multiview.cli import add_multiview_parser

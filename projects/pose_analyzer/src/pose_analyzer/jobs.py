@@ -313,9 +313,11 @@ class JobRunner:
         def on_total(total: int | None) -> None:
             job.frames_total = total
 
-        options = (
+        options: dict[str, Any] = (
             {"mode": "video", "models_dir": self.models_dir} if job.backend == "mediapipe" else {}
         )
+        if job.backend != "replay":
+            options["refine"] = True  # as the CLI does offline (recordings.run_analysis)
         analysis, _, _ = analyze_input(
             job.input,
             job.exercise,
