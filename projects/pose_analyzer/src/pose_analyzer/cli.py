@@ -83,9 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--export-keypoints", default=None, metavar="F", help="also write the poses as JSON Lines"
     )
     analyze.set_defaults(func=_analyze)
-    from pose_analyzer.multiview.cli import add_multiview_parser
+    from pose_analyzer.multiview.cli import add_calibrate_parser, add_multiview_parser
 
     add_multiview_parser(sub)
+    add_calibrate_parser(sub)
     exercises = sub.add_parser("exercises", help="list the exercise definitions")
     exercises.set_defaults(func=_exercises)
     return parser
