@@ -227,3 +227,18 @@ def test_live_sync_takes_views_within_half_a_frame_and_never_waits() -> None:
     b = [FramePoses(k, k / 30, 10, 10) for k in range(33)]
     inst = align_recordings([a, b], ["cam01", "cam02"], [30.0, 30.0], offsets_s=[0.0, 0.1])
     assert len(inst) == 30 and all(f["cam02"].index == f["cam01"].index + 3 for _, f in inst)
+
+
+def test_a_view_that_dies_mid_session_leaves_three_and_the_rig_says_so() -> None:
+    rig = demo_rig()
+    scene = make_scene(rig, frames=30, occlude=False)
+    fuser = RigFuser(rig, 60.0)
+    ids = set()
+    for k, t in enumerate(scene.t):
+        views = {n: scene.frames[n][k] for n in rig.names if not (k >= 15 and n == "cam02")}
+        inst = fuser.fuse(float(t), views)
+        assert inst.views_missing == (["cam02"] if k >= 15 else [])
+        assert len(inst.people) == 2
+        assert all(("cam02" in p.views) == (k < 15) for p in inst.people)
+        ids |= {p.track_id for p in inst.people}
+    assert len(ids) == 2  # same two tracks before and after
