@@ -217,3 +217,21 @@ def test_annotated_view_shows_the_reprojected_skeleton(tmp_path: Path) -> None:
     patch = (slice(v - 3, v + 4), slice(u - 3, u + 4))
     # The joint marker is white and solid; the video there is not.
     assert a[patch].mean() > 200 and abs(a[patch].astype(int) - b[patch]).mean() > 20
+
+
+def test_videos_of_different_lengths_are_refused_before_detection(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import cv2
+
+    demo_rig()
+    paths = []
+    for i, frames in enumerate((6, 6, 6, 3)):
+        path = tmp_path / f"cam0{i + 1}.mp4"
+        writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"mp4v"), 60.0, (1088, 1920))
+        for _ in range(frames):
+            writer.write(np.full((1920, 1088, 3), 80, np.uint8))
+        writer.release()
+        paths.append(str(path))
+    code, err = _run(["--calibration", str(DEMO_CALIB), *paths, "--model", "no-such.task"], capsys)
+    assert code == 2 and "different lengths" in err and "cam04: 3 frames" in err

@@ -209,3 +209,36 @@ def test_live_rig_counts_each_persons_reps_once_for_the_whole_rig() -> None:
     live.finish()  # end of the session: a rep back at rest completes
     counts = {owner[tid]: live.rep_count(tid) for tid in owner}
     assert counts == {0: 2, 1: 1}
+
+
+def test_live_sync_takes_views_within_half_a_frame_and_never_waits() -> None:
+    from pose_analyzer.keypoints import FramePoses
+    from pose_analyzer.multiview.sync import LiveSync, align_recordings
+
+    sync = LiveSync(fps=30.0, offsets_s={"cam02": 0.010})
+    sync.push("cam01", FramePoses(7, 1.000, 10, 10))
+    sync.push("cam02", FramePoses(7, 1.012, 10, 10))  # its clock runs 10 ms ahead: 1.002
+    sync.push("cam03", FramePoses(6, 0.966, 10, 10))  # one frame late: left out
+    got = sync.take(1.0)
+    assert sorted(got) == ["cam01", "cam02"]
+    assert sync.take(1.0) == {}  # consumed: an instant never reuses a frame
+    # Files: an offset in seconds shifts a view onto the rig's clock.
+    a = [FramePoses(k, k / 30, 10, 10) for k in range(30)]
+    b = [FramePoses(k, k / 30, 10, 10) for k in range(33)]
+    inst = align_recordings([a, b], ["cam01", "cam02"], [30.0, 30.0], offsets_s=[0.0, 0.1])
+    assert len(inst) == 30 and all(f["cam02"].index == f["cam01"].index + 3 for _, f in inst)
+
+
+def test_a_view_that_dies_mid_session_leaves_three_and_the_rig_says_so() -> None:
+    rig = demo_rig()
+    scene = make_scene(rig, frames=30, occlude=False)
+    fuser = RigFuser(rig, 60.0)
+    ids = set()
+    for k, t in enumerate(scene.t):
+        views = {n: scene.frames[n][k] for n in rig.names if not (k >= 15 and n == "cam02")}
+        inst = fuser.fuse(float(t), views)
+        assert inst.views_missing == (["cam02"] if k >= 15 else [])
+        assert len(inst.people) == 2
+        assert all(("cam02" in p.views) == (k < 15) for p in inst.people)
+        ids |= {p.track_id for p in inst.people}
+    assert len(ids) == 2  # same two tracks before and after

@@ -105,9 +105,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="no second, higher-resolution search where nobody is found or someone is lost",
     )
     analyze.set_defaults(func=_analyze)
-    from pose_analyzer.multiview.cli import add_multiview_parser
+    from pose_analyzer.multiview.cli import add_calibrate_parser, add_multiview_parser
 
     add_multiview_parser(sub)
+    add_calibrate_parser(sub)
     exercises = sub.add_parser("exercises", help="list the exercise definitions")
     exercises.set_defaults(func=_exercises)
     return parser

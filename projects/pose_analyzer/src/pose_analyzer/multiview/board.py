@@ -153,13 +153,19 @@ def calibrate_rig(
             f"cameras {sorted(missing)} lack either intrinsic or extrinsic board images"
         )
     cams, rms, ext_err = [], {}, {}
+    shared = {}
+    for name in sorted(intrinsic_images):  # the quick check first: the shared view
+        found = board.detect(extrinsic_images[name])
+        if found is None:
+            raise CalibrationError(
+                f"camera {name}: the board ({board.cols}x{board.rows} inner corners) is not "
+                "found in its extrinsic image; every camera must see it at the shared pose"
+            )
+        shared[name] = found
     for name in sorted(intrinsic_images):
         intr = calibrate_intrinsics(intrinsic_images[name], board)
         image = extrinsic_images[name]
-        found = board.detect(image)
-        if found is None:
-            raise CalibrationError(f"camera {name}: the board is not found in its extrinsic image")
-        obj, px = found
+        obj, px = shared[name]
         if board.aruco_dict is None and px[board.cols - 1, 0] < px[0, 0]:
             # A checkerboard looks the same turned by 180 degrees, so the detector may
             # number its corners from either end; every camera facing the board must

@@ -35,8 +35,8 @@ def align_recordings(
 ) -> list[tuple[float, dict[str, FramePoses]]]:
     """Instants (t, {view: frame}) on the first view's timeline.
 
-    Views must have the same frame rate and, after their offsets, cover the same
-    span (one frame of slack); `trim` keeps only the span they share instead.
+    Views must have the same frame rate and cover the same span (one frame of
+    slack); `trim`, or any non-zero offset, keeps only the span they share instead.
     """
     if len(views) != len(names):
         raise SyncError("one name per view is needed")
@@ -60,7 +60,8 @@ def align_recordings(
     end = min(float(t[-1]) for t in times)
     if end < start:
         raise SyncError("the views do not overlap in time at all; check the offsets")
-    if not trim:
+    # With stated offsets the views are known to start and stop apart: the shared span.
+    if not trim and not any(offsets):
         counts = [int(t.size) for t in times]
         spans = [(float(t[0]), float(t[-1])) for t in times]
         if max(counts) - min(counts) > 1 or any(
