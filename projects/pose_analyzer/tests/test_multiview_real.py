@@ -16,7 +16,7 @@ from multiview_helpers import DEMO_CALIB, REPO, TEST_DATA, demo_rig
 
 from pose_analyzer.cli import main
 from pose_analyzer.keypoints import JOINT_INDEX, JOINTS
-from pose_analyzer.multiview.pipeline import analyze_multiview
+from pose_analyzer.multiview.recordings import analyze_multiview
 from pose_analyzer.multiview.trc import read_trc
 
 VIEWS = [f"cam0{i}" for i in range(1, 5)]
@@ -196,7 +196,7 @@ def test_annotated_view_shows_the_reprojected_skeleton(tmp_path: Path) -> None:
     import cv2
 
     from pose_analyzer.exercises import get_exercise
-    from pose_analyzer.multiview.pipeline import _annotate
+    from pose_analyzer.multiview.recordings import _annotate
 
     video = REPO / "data" / "samples" / "pose2sim" / "single" / "cam03.mp4"
     if not video.exists():

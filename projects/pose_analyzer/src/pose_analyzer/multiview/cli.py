@@ -11,7 +11,7 @@ import numpy as np
 
 
 def _run(args: argparse.Namespace) -> int:
-    from pose_analyzer.multiview.pipeline import USER_ERRORS, parse_offsets, run_multiview
+    from pose_analyzer.multiview.recordings import USER_ERRORS, parse_offsets, run_multiview
 
     try:
         names = [Path(v).stem for v in args.videos]

@@ -12,13 +12,13 @@ import warnings
 
 import numpy as np
 
-from pose_analyzer.analysis import (
-    AnalysisConfig,
+from pose_analyzer.biomechanics import derivative
+from pose_analyzer.engine import (
+    EngineConfig,
     PersonAnalyzer,
     drive_values,
     smooth_offline,
 )
-from pose_analyzer.biomechanics import derivative
 from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.report import PersonReport
 
@@ -29,10 +29,10 @@ def analyze_person_series(
     t: np.ndarray,
     angles: np.ndarray,
     fps: float,
-    config: AnalysisConfig | None = None,
+    config: EngineConfig | None = None,
 ) -> PersonReport:
     """Reps, scores and anomalies of one person from a whole 3D angle series (offline)."""
-    config = config or AnalysisConfig()
+    config = config or EngineConfig()
     smooth = smooth_offline(np.asarray(angles, dtype=np.float64), fps, config)
     drive = drive_values(exercise, smooth)
     with warnings.catch_warnings():

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from pose_analyzer.analysis import AnalysisConfig, PersonAnalyzer, drive_values
 from pose_analyzer.biomechanics import NUM_ANGLES, OneEuroFilter
+from pose_analyzer.engine import EngineConfig, PersonAnalyzer, drive_values
 from pose_analyzer.exercises.schema import Exercise
 from pose_analyzer.keypoints import FramePoses
 from pose_analyzer.multiview.engine import live_person_analyzer
@@ -62,11 +62,11 @@ class LiveStep:
 
 class LiveRig:
     def __init__(
-        self, fuser: RigFuser, exercise: Exercise, config: AnalysisConfig | None = None
+        self, fuser: RigFuser, exercise: Exercise, config: EngineConfig | None = None
     ) -> None:
         self.fuser = fuser
         self.exercise = exercise
-        self.config = config or AnalysisConfig()
+        self.config = config or EngineConfig()
         self._people: dict[int, _Person] = {}
 
     def rep_count(self, track_id: int) -> int:

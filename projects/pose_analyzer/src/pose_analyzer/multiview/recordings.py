@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from pose_analyzer.analysis import AnalysisConfig
 from pose_analyzer.biomechanics.angles import ANGLE_INDEX
 from pose_analyzer.detectors import create_detector
 from pose_analyzer.detectors.replay import KeypointFileError, read_keypoints
+from pose_analyzer.engine import EngineConfig
 from pose_analyzer.exercises import (
     Exercise,
     ExerciseDefinitionError,
@@ -203,7 +203,7 @@ def analyze_multiview(
     offsets_s: Sequence[float] | None = None,
     trim: bool = False,
     by_order: bool = False,
-    config: AnalysisConfig | None = None,
+    config: EngineConfig | None = None,
 ) -> MultiviewResult:
     """Fuse calibrated views into 3D people and analyze each one's reps and form."""
     exercise = get_exercise(exercise) if isinstance(exercise, str) else exercise
