@@ -16,9 +16,9 @@ from pose_analyzer.detectors.mediapipe_backend import (
     resolve_model_path,
     to_rgb,
 )
-from pose_analyzer.keypoints import JOINT_INDEX, JOINTS, ModelNotFoundError
+from pose_analyzer.identity import LiveIdentity
+from pose_analyzer.keypoints import JOINT_INDEX, JOINTS, FramePoses, ModelNotFoundError
 from pose_analyzer.settings import get_settings
-from pose_analyzer.tracking import Tracker
 from pose_analyzer.video import open_video
 
 SAMPLES = get_settings().data_dir / "samples" / "pose2sim"
@@ -224,11 +224,12 @@ def test_multi_person_demo_gives_two_stable_tracks(full_model) -> None:
     # and does not find the bystander, so the right answer for this backend is the two
     # subjects: two ids, each held for the whole video, never swapped.
     path = _sample("multi", "cam01.mp4")
-    tracker = Tracker()
+    identity = LiveIdentity()
     tops: dict[int, list[float]] = collections.defaultdict(list)
     with open_video(path) as src, MediaPipeDetector(full_model) as detector:
-        for _, t, frame in src:
-            people = tracker.update(detector.detect_one(frame, t), t)
+        for index, t, frame in src:
+            found = detector.detect_one(frame, t)
+            people = identity.update(FramePoses(index, t, src.width, src.height, found))
             assert len({p.track_id for p in people}) == len(people)
             for p in people:
                 assert p.box is not None
