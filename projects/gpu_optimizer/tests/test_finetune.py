@@ -517,3 +517,20 @@ def test_service_request_carries_the_fine_tuning_setup() -> None:
     assert result["setup"]["lora_targets"] == ["q_proj", "v_proj"]
     assert result["breakdown"]["optimizer_state"] == 3584 * 8
     assert result["breakdown"]["gradients"] in (0, 3584 * 4)
+
+
+def test_plan_with_a_batch_range_caps_and_checks_steps(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The MLP fits thousands of samples in 8 GiB: a 1..64 range caps every plan at 64."""
+    machines = tmp_path / "m.toml"
+    machines.write_text(
+        '[[machine]]\nname = "a"\ngpu = "G"\nvram_bytes = 8589934592\ncompute_capability = "8.6"\n'
+    )
+    argv = ["plan", f"{HERE}:mlp", "--input-shape", "128", "--batch-size", "1..64"]
+    assert main([*argv, "--machines", str(machines), "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    machine = data["machines"][0]
+    assert machine["recommended_batch"] == machine["batch_plain"] == 64
+    assert data["ranges"]["batch_size"] == [1, 64]
+    assert data["step_checks"]["batch_size"] == 64 and data["step_checks"]["eval"] > 0

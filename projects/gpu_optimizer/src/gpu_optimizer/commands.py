@@ -244,19 +244,27 @@ def _estimate(args: argparse.Namespace) -> int:
                 f"{args.model}: not even batch size {lo} fits {fmt_bytes(args.budget)} "
                 f"(batch {lo} needs {fmt_bytes(probe.predicted_cuda()['device_bytes'])})"
             )
-    est = estimate(
-        args.model,
-        shape,
-        batch,
-        optimizer=args.optimizer,
-        dtype=args.dtype,
-        mode=args.mode,
-        plan=args.plan,
-        setup=setup,
-        target=args.target,
-        compute_capability=capability,
-        check_steps=args.check_steps or _ranged(args),
-    )
+
+    def run(b: int) -> Estimate:
+        return estimate(
+            args.model,
+            shape,
+            b,
+            optimizer=args.optimizer,
+            dtype=args.dtype,
+            mode=args.mode,
+            plan=args.plan,
+            setup=setup,
+            target=args.target,
+            compute_capability=capability,
+            check_steps=args.check_steps or _ranged(args),
+        )
+
+    est = run(batch)
+    # The fit covers the steady step; an eval or first step above it lowers the batch.
+    while chosen_by_budget and batch > lo and est.predicted_cuda()["device_bytes"] > args.budget:
+        batch -= 1
+        est = run(batch)
     data = est.to_dict()
     if _ranged(args):
         data["ranges"] = {

@@ -1,9 +1,9 @@
 """Imported once by the forkserver: torch, the library, and one tiny fake-tensor step.
 
 The first estimate in a fresh interpreter spends seconds on lazy imports
-(sympy, dynamo, fake-tensor machinery, transformers for hf: specs). Paying them once here, before the
-forkserver forks, makes every job's process start warm. The warm-up step is
-inference only: a backward pass would start autograd's threads, which a
+(sympy, dynamo, fake-tensor machinery, transformers for hf: specs). Paying
+them once here, before the forkserver forks, makes every job's process start
+warm. The warm-up step is inference only: a backward pass would start autograd's threads, which a
 forked child cannot use. Torch is held to one thread while warming so no
 thread pool exists at fork time; each worker restores the count (see
 :func:`gpu_optimizer.jobs.worker.child_main`).
