@@ -130,7 +130,7 @@ def test_four_streams_in_a_2x2_grid_and_ended_cards_keep_their_summary(server, p
                 json={"source": "demo.jsonl", "exercise": "jumping_jack", "realtime": False},
             )
             assert r.status_code == 201, r.text
-    page.wait_for_function("() => document.querySelectorAll('.card').length === 4", timeout=30_000)
+    page.wait_for_function("() => document.querySelectorAll('.card').length === 4", timeout=60_000)
     boxes = [page.locator(".card").nth(i).bounding_box() for i in range(4)]
     assert all(b is not None for b in boxes)
     xs = sorted({round(b["x"]) for b in boxes if b})

@@ -1,4 +1,4 @@
-"""The 2D angle names (DESIGN.md section 6) measured on 3D joints, independent of the cameras.
+"""The 2D angle names (docs/angles.md) measured on 3D joints, independent of the cameras.
 
 Anatomical frame, per instant: origin the hip midpoint; lateral axis L from
 the right hip to the left hip; the trunk axis from the hip midpoint to the
