@@ -182,12 +182,16 @@ def _profile(args: argparse.Namespace) -> int:
 def _plan(args: argparse.Namespace) -> int:
     from gpu_optimizer.machines import load_machine_profiles
     from gpu_optimizer.models import parse_shape
-    from gpu_optimizer.planning import Workload, plan_for_machines
+    from gpu_optimizer.planning import Workload
 
     shape = parse_shape(args.input_shape)
     workload = Workload(args.model, args.model, shape, args.mode, args.optimizer, args.dtype)
     profiles = load_machine_profiles(args.machines)
-    plans = plan_for_machines(workload, profiles, safety_margin=args.safety_margin)
+    from gpu_optimizer.fleet import open_measurements, plan_with_measurements
+    from gpu_optimizer.settings import get_settings
+
+    rows = open_measurements(args.database_url or get_settings().sqlalchemy_url())
+    planned = plan_with_measurements(workload, profiles, rows, safety_margin=args.safety_margin)
     data = {
         "model": args.model,
         "input_shape": list(shape),
@@ -206,8 +210,9 @@ def _plan(args: argparse.Namespace) -> int:
                 "batch_offload": p.recommendation.batch_offload,
                 "recommended_batch": p.recommendation.recommended_batch,
                 "recommended_plan": p.recommendation.recommended_plan,
+                **extra,
             }
-            for p in plans
+            for p, extra in planned
         ],
     }
 
@@ -223,6 +228,10 @@ def _plan(args: argparse.Namespace) -> int:
                 f"{m['batch_checkpointing']:>7} {m['batch_offload']:>8}  "
                 f"{m['recommended_plan']} x{m['recommended_batch']}"
             )
+            for f in m.get("measured", []):
+                err = f" (estimate {f['error']:+.1%})" if "error" in f else ""
+                got = fmt_bytes(f["measured_reserved_bytes"]) if f["ok"] else "OOM"
+                lines.append(f"  measured batch {f['batch_size']}: reserved {got}{err}")
         return "\n".join(lines)
 
     _emit(args, data, text)
@@ -322,6 +331,7 @@ def add_memory_commands(sub: Any) -> None:
     _model_args(plan)
     plan.add_argument("--safety-margin", type=_fraction, default=0.1, help="VRAM kept free")
     plan.add_argument("--machines", metavar="FILE", help="machine profile TOML (default: packaged)")
+    plan.add_argument("--database-url", help="measurements from measure-fleet (default: service's)")
     plan.set_defaults(func=_guarded(_plan))
 
     bs = sub.add_parser("batch-size", help="find the largest batch size by trial on a device")
@@ -333,3 +343,7 @@ def add_memory_commands(sub: Any) -> None:
     bs.add_argument("--max-batch", type=_positive_int, default=4096)
     bs.add_argument("--steps", type=_positive_int, default=1, help="steps per trial")
     bs.set_defaults(func=_guarded(_batch_size))
+
+    from gpu_optimizer.fleet_cli import add_fleet_commands
+
+    add_fleet_commands(sub, _model_args, _guarded)

@@ -540,7 +540,7 @@ def _run_tasks(
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     here = ray.get_runtime_context().get_node_id()
-    events = (
+    events: Any = (
         ray.remote(num_cpus=0)(_Events)
         .options(scheduling_strategy=NodeAffinitySchedulingStrategy(here, soft=False))
         .remote()
@@ -548,7 +548,7 @@ def _run_tasks(
     gpus = options.gpus_per_task
     if gpus is None:
         gpus = 1.0 if options.backend == "yolo" and conn.resources().get("GPU", 0) >= 1 else 0.0
-    remote = ray.remote(task_body).options(
+    remote: Any = ray.remote(task_body).options(
         num_cpus=options.cpus_per_task,
         num_gpus=gpus,
         resources=dict(options.resources) or None,
@@ -558,6 +558,12 @@ def _run_tasks(
     ship = (not conn.local) if options.ship_inputs is None else options.ship_inputs
     cpus = max(1.0, conn.resources().get("CPU", 1.0))
     window = max(2, int(IN_FLIGHT_PER_CPU * cpus / max(options.cpus_per_task, 0.01)))
+    lost = (
+        ray.exceptions.ObjectLostError,
+        ray.exceptions.WorkerCrashedError,
+        ray.exceptions.NodeDiedError,
+    )
+    resubmits: Counter[str] = Counter()
     queue = list(todo)
     by_key = {item.key: item for item in todo}
     running: dict[Any, BatchInput] = {}
@@ -596,6 +602,15 @@ def _run_tasks(
                 item = running.pop(ref)
                 try:
                     result = ray.get(ref)
+                except lost as exc:
+                    # The result was on a node that died before we fetched it, or Ray
+                    # spent its own retries: run it again from the driver, once more.
+                    if resubmits[item.key] < options.max_retries:
+                        resubmits[item.key] += 1
+                        queue.insert(0, item)
+                    else:
+                        fail(item, describe_task_error(exc))
+                    continue
                 except Exception as exc:
                     fail(item, describe_task_error(exc))
                     continue

@@ -83,6 +83,7 @@ def _batch(args: argparse.Namespace) -> int:
         resources=resources,
         timeout_s=args.timeout,
     )
+    errors: tuple[type[BaseException], ...] = (BatchError, ClusterError, *USER_ERRORS)
     url = args.database_url or get_settings().resolved_database_url
     db = Database(url)
     try:
@@ -95,7 +96,7 @@ def _batch(args: argparse.Namespace) -> int:
         result = run_batch(
             paths, args.out, options, database=db, cluster=args.cluster, num_cpus=args.workers
         )
-    except (BatchError, ClusterError, *USER_ERRORS) as exc:
+    except errors as exc:
         return _fail(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc))
     finally:
         db.dispose()
