@@ -11,6 +11,7 @@ with any other Ray on the machine. Teardown kills exactly those process trees;
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -78,10 +79,8 @@ class RayNode:
     def kill(self) -> None:
         procs = self.processes()
         for p in procs:
-            try:
+            with contextlib.suppress(psutil.NoSuchProcess):
                 p.kill()
-            except psutil.NoSuchProcess:
-                pass
         psutil.wait_procs(procs, timeout=10)
         self.process.wait(timeout=10)
 
@@ -103,6 +102,8 @@ class RayCluster:
             "RAY_AUTH_MODE": "token",
             "RAY_AUTH_TOKEN": self.token,
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Workers use this environment, not one `uv run` (pytest's parent) would build.
+            "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
             # A dead node is noticed in ~3 s instead of ~30 s.
             "RAY_health_check_period_ms": "500",
             "RAY_health_check_timeout_ms": "1000",
@@ -191,6 +192,10 @@ class RayCluster:
         """Connect this process as a driver, with the cluster's environment."""
         os.environ.update(self.env())
         import ray
+        from ray._private import ray_constants
+
+        ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False  # if Ray was imported before
+
         deadline = time.monotonic() + timeout
         while True:
             try:

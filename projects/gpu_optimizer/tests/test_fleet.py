@@ -20,7 +20,9 @@ MiB = 1 << 20
 MODEL, SHAPE = "resnet18", (3, 224, 224)
 
 
-def _row(gpu: str, batch: int, estimated: int, workspace: int, fragmentation: float) -> MeasuredPeak:
+def _row(
+    gpu: str, batch: int, estimated: int, workspace: int, fragmentation: float
+) -> MeasuredPeak:
     """A measurement built from a known overhead: what the card would report."""
     allocated = estimated + workspace
     return MeasuredPeak(
@@ -91,7 +93,8 @@ def test_plan_reports_measured_figures_and_plans_the_measured_card_with_its_refi
         assert figure["batch_size"] == row.batch_size
         assert figure["measured_reserved_bytes"] == row.max_reserved_bytes
         expected = DEFAULT_OVERHEAD.reserved_bytes(row.estimated_peak_bytes or 0)
-        assert figure["error"] == pytest.approx(expected / (row.max_reserved_bytes or 1) - 1, abs=1e-4)
+        error = expected / (row.max_reserved_bytes or 1) - 1
+        assert figure["error"] == pytest.approx(error, abs=1e-4)
         assert abs(figure["error_refit"]) < 0.01 < abs(figure["error"])
     for name in ("rtx-5070-ti", "rtx-3070-ti"):  # not measured: the estimate alone, unchanged
         assert "measured" not in measured[name] and "overhead" not in measured[name]
@@ -149,3 +152,28 @@ def test_measure_fleet_measures_the_gpu_and_plan_uses_it(tmp_path: Path, capsys)
     assert [f["batch_size"] for f in machine["measured"]] == [4, 8]
     assert machine["overhead"]["measurements"] == 2
     print(json.dumps(machine, indent=2), file=sys.stderr)
+
+
+def test_each_gpu_advertises_its_machine_profile_as_a_ray_resource() -> None:
+    from gpu_optimizer.cluster import machine_resources
+
+    found = machine_resources(
+        [
+            ("NVIDIA GeForce RTX 4070 Ti", 12878610432),
+            ("NVIDIA GeForce RTX 3070 Ti", 8589934592),
+            ("NVIDIA GeForce RTX 3070 Ti", 8589934592),
+            ("NVIDIA H200", 150754820096),  # no profile: schedulable by GPU only
+        ]
+    )
+    assert found == {"rtx-4070-ti": 1.0, "rtx-3070-ti": 2.0}
+
+
+def test_cluster_address_prefers_the_flag_then_the_environment(monkeypatch) -> None:
+    from gpu_optimizer.cluster import RAY_ADDRESS_ENV, cluster_address
+
+    monkeypatch.delenv(RAY_ADDRESS_ENV, raising=False)
+    assert cluster_address(None) is None
+    monkeypatch.setenv(RAY_ADDRESS_ENV, "10.0.0.5:6379")
+    assert cluster_address(None) == "10.0.0.5:6379"
+    assert cluster_address("local") is None
+    assert cluster_address(" 10.0.0.9:6379 ") == "10.0.0.9:6379"

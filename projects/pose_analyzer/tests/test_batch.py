@@ -117,9 +117,10 @@ def test_batch_on_two_nodes_gives_the_reports_of_sequential_analyze(
         clip = clips / f"{stem}.jsonl"
         key = video_key(content_hash(clip), "squat", None, None)
         assert sessions[key] == (str(clip), "ended", _expected_reps(sequential, stem))
-    assert sessions[video_key(content_hash(clips / "synthetic_squat.jsonl"), "squat", None, None)][
-        2
-    ] == SYNTHETIC_REPS
+    assert (
+        sessions[video_key(content_hash(clips / "synthetic_squat.jsonl"), "squat", None, None)][2]
+        == SYNTHETIC_REPS
+    )
     with (out / "summary.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     synthetic = [r for r in rows if r["video"].endswith("synthetic_squat.jsonl")]
@@ -176,9 +177,9 @@ def test_a_failing_recording_is_marked_failed_and_the_batch_goes_on(
         assert rows[bad]["status"] == "failed" and rows[bad]["error"], rows[bad]
         assert "Traceback" not in rows[bad]["error"]
         assert f"failed: {folder / bad}:" in err
-    assert "broken.jsonl" in rows["broken.jsonl"]["error"] or "people" in rows[
-        "broken.jsonl"
-    ]["error"]
+    assert (
+        "broken.jsonl" in rows["broken.jsonl"]["error"] or "people" in rows["broken.jsonl"]["error"]
+    )
     statuses = sorted(s for _, s, _ in _sessions(url).values())
     assert statuses == ["ended", "ended", "failed", "failed"]
     assert not (out / "broken").exists()
@@ -189,9 +190,7 @@ def test_killing_a_nodes_raylet_mid_batch_loses_and_duplicates_nothing(
 ) -> None:
     """kill -9 of a third node's raylet while it runs a task: retried elsewhere, stored once."""
     doomed = cluster.add_node(num_cpus=1, resources={"doomed": 1})
-    doomed_id = next(
-        n["NodeID"] for n in cluster.alive_nodes() if n["Resources"].get("doomed")
-    )
+    doomed_id = next(n["NodeID"] for n in cluster.alive_nodes() if n["Resources"].get("doomed"))
     killed: list[str] = []
 
     def on_event(kind: str, subject: object, info: dict[str, object]) -> None:
@@ -215,7 +214,9 @@ def test_killing_a_nodes_raylet_mid_batch_loses_and_duplicates_nothing(
         db.dispose()
         doomed.kill()
     assert killed, "no task ever started on the doomed node"
-    assert [o.status for o in result.outcomes] == ["done"] * 7, [o.error for o in result.outcomes]
+    assert [o.status for o in result.outcomes] == ["done"] * 7, [
+        (o.error, o.attempts, doomed_id) for o in result.outcomes
+    ]
     victim = next(o for o in result.outcomes if o.key == killed[0])
     # It started on the doomed node, then ran again on a surviving one.
     assert victim.attempts[0]["node_id"] == doomed_id
@@ -232,8 +233,8 @@ def test_killing_a_nodes_raylet_mid_batch_loses_and_duplicates_nothing(
     with engine.connect() as conn:
         dupes = conn.execute(
             text(
-                "SELECT session_id, person_id, \"index\", COUNT(*) FROM reps "
-                "GROUP BY session_id, person_id, \"index\" HAVING COUNT(*) > 1"
+                'SELECT session_id, person_id, "index", COUNT(*) FROM reps '
+                'GROUP BY session_id, person_id, "index" HAVING COUNT(*) > 1'
             )
         ).all()
     engine.dispose()

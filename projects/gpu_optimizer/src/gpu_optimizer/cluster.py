@@ -99,6 +99,7 @@ def connect(
     """
     import ray
 
+    _no_uv_run_hook()
     address = cluster_address(cluster)
     if ray.is_initialized():
         return Cluster(address=address, owned=False)
@@ -127,6 +128,21 @@ def connect(
         )
         raise ClusterError(f"could not reach {where}: {first}{hint}") from None
     return Cluster(address=address, owned=True)
+
+
+def _no_uv_run_hook() -> None:
+    """Workers use the environment installed on their node, never one `uv run` builds.
+
+    Ray detects a driver started by `uv run` (as `uv run pose-analyzer batch` is) and
+    then uploads the current directory and runs every worker through `uv run`:
+    minutes per worker, and a copy of the package without its data files.
+    """
+    os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+    from ray._private import ray_constants
+
+    ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = os.environ[
+        "RAY_ENABLE_UV_RUN_RUNTIME_ENV"
+    ].lower() in ("1", "true")
 
 
 def machine_resources(

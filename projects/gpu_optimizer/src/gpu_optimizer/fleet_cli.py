@@ -76,7 +76,21 @@ def _measure_fleet(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ray_resources(args: argparse.Namespace) -> int:
+    from gpu_optimizer.cluster import machine_resources
+    from gpu_optimizer.machines import load_machine_profiles
+
+    print(json.dumps(machine_resources(profiles=load_machine_profiles(args.machines))))
+    return 0
+
+
 def add_fleet_commands(sub: Any, model_args: Any, guarded: Any) -> None:
+    res = sub.add_parser(
+        "ray-resources",
+        help="this machine's Ray custom resources (one per GPU, by machine profile) as JSON",
+    )
+    res.add_argument("--machines", metavar="FILE", help="machine profile TOML (default: packaged)")
+    res.set_defaults(func=guarded(_ray_resources))
     p = sub.add_parser(
         "measure-fleet",
         help="profile a step on every GPU node of a Ray cluster; plans then use the peaks",
