@@ -58,7 +58,7 @@ def test_measure_jobs_run_on_the_ray_cluster_with_the_same_states(
         "GPU_OPT_DATA_DIR": str(tmp_path / "data"),
         "GPU_OPT_USER_MODELS_DIR": str(models),
         "GPU_OPT_WORKER_COUNT": "2",
-        "GPU_OPT_JOB_TIMEOUT_S": "25",
+        "GPU_OPT_JOB_TIMEOUT_S": "60",
         "GPU_OPT_RECOMMEND_AT_STARTUP": "false",
         "GPU_OPT_CACHE_DIR": str(tmp_path / "cache"),
     }
@@ -84,10 +84,10 @@ def test_measure_jobs_run_on_the_ray_cluster_with_the_same_states(
         workers = [int(p.read_text()) for p in pids.iterdir()]
         cancelled = server.delete(f"/profiles/{cancel_id}").json()
         assert cancelled["state"] == "cancelled" and cancelled["error"] == "cancelled by request"
-        timed_out = server.wait_job(slow_id, timeout=90)
+        timed_out = server.wait_job(slow_id, timeout=120)
         assert timed_out["state"] == "timed_out", timed_out
-        assert "exceeded the timeout of 25 s" in timed_out["error"]
-        assert time.monotonic() - started < 60
+        assert "exceeded the timeout of 60 s" in timed_out["error"]
+        assert time.monotonic() - started < 100
         # ray.cancel(force=True) ended both worker processes.
         wait_for(lambda: not any(pid_alive(p) for p in workers), 30, "the sleepers to be killed")
         estimate = server.wait_job(
