@@ -61,12 +61,13 @@ def _sequential(clips: list[Path], out: Path, repeats: int) -> list[float]:
 def _ray_runs(clips: list[Path], out: Path, workers: int, repeats: int) -> dict[str, object]:
     import ray
 
+    from gpu_optimizer.cluster import connect
     from pose_analyzer.batch import BatchOptions, run_batch
     from pose_analyzer.storage import Database
     from pose_analyzer.storage.db import upgrade
 
     start = time.perf_counter()
-    ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
+    conn = connect("local", num_cpus=workers)
     ray.get(ray.remote(lambda: None).remote())
     startup = time.perf_counter() - start
     db = Database(f"sqlite:///{out / f'ray{workers}.db'}")
@@ -86,7 +87,7 @@ def _ray_runs(clips: list[Path], out: Path, workers: int, repeats: int) -> dict[
         nodes_pids = {a["pid"] for o in result.outcomes for a in o.attempts}
     finally:
         db.dispose()
-        ray.shutdown()
+        conn.close()
     return {
         "workers": workers,
         "startup_s": round(startup, 3),
@@ -100,7 +101,9 @@ def _ray_runs(clips: list[Path], out: Path, workers: int, repeats: int) -> dict[
 def _task_overhead(rounds: int, burst: int) -> dict[str, float]:
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    from gpu_optimizer.cluster import connect
+
+    conn = connect("local", num_cpus=2)
     try:
         empty = ray.remote(lambda: None)
         ray.get([empty.remote() for _ in range(20)])  # workers started and warm
@@ -113,7 +116,7 @@ def _task_overhead(rounds: int, burst: int) -> dict[str, float]:
         ray.get([empty.remote() for _ in range(burst)])
         burst_s = time.perf_counter() - start
     finally:
-        ray.shutdown()
+        conn.close()
     return {
         "round_trip_median_ms": round(statistics.median(round_trips) * 1e3, 3),
         "round_trip_p90_ms": round(sorted(round_trips)[int(0.9 * len(round_trips))] * 1e3, 3),

@@ -106,6 +106,46 @@ def test_plan_reports_measured_figures_and_plans_the_measured_card_with_its_refi
 
 @pytest.mark.slow
 @pytest.mark.integration
+def test_plans_endpoint_reports_the_measured_figures(tmp_path: Path) -> None:
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_api_jobs import start_server
+
+    workload = Workload(MODEL, MODEL, SHAPE, "train", "adamw", "fp32")
+    rows = [
+        _row("NVIDIA GeForce RTX 4070 Ti", b, predicted_peak_bytes(workload, b), 100 * MiB, 0.6)
+        for b in (8, 16)
+    ]
+    db = Database(f"sqlite:///{tmp_path / 'data' / 'gpu_optimizer.db'}")
+    with db.session() as session:
+        session.add_all(rows)
+        session.commit()
+    db.dispose()
+    env = {
+        "GPU_OPT_DATA_DIR": str(tmp_path / "data"),
+        "GPU_OPT_RECOMMEND_AT_STARTUP": "false",
+        "GPU_OPT_CACHE_DIR": str(tmp_path / "cache"),
+    }
+    server = start_server(env, tmp_path / "server.log")
+    try:
+        body = {"model": MODEL, "input_shape": list(SHAPE)}
+        response = server.post("/plans", body)
+        assert response.status_code == 200, response.text
+        machines = {m["machine"]["name"]: m for m in response.json()["machines"]}
+    finally:
+        server.stop()
+    card = machines["rtx-4070-ti"]
+    assert [f["batch_size"] for f in card["measured"]] == [8, 16]
+    assert [f["measured_reserved_bytes"] for f in card["measured"]] == [
+        r.max_reserved_bytes for r in rows
+    ]
+    assert card["overhead"]["fragmentation"] == pytest.approx(0.6, abs=1e-4)
+    assert all(abs(f["error_refit"]) < 0.01 < abs(f["error"]) for f in card["measured"])
+    assert machines["rtx-3070-ti"]["measured"] is None
+    assert machines["rtx-3070-ti"]["overhead"] is None
+
+
+@pytest.mark.slow
+@pytest.mark.integration
 def test_measure_fleet_on_a_cluster_without_gpus_says_so(ray_cluster, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'gpu.db'}"
     proc = subprocess.run(

@@ -96,3 +96,7 @@ class MeasuredPeak(Base):
     max_reserved_bytes: Mapped[int | None] = mapped_column(BigInteger)
     estimated_peak_bytes: Mapped[int | None] = mapped_column(BigInteger)
     torch_version: Mapped[str] = mapped_column(String(32))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, to hand the measurements to a planning worker process."""
+        return {c.name: getattr(self, c.name) for c in self.__table__.columns if c.name != "id"}
