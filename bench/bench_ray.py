@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """`pose-analyzer batch` on a local Ray vs `analyze` one file after another, and Ray's own costs.
 
-Input: the 6 keypoint files MediaPipe exported from the Pose2Sim and Sports2D
-sample views (projects/pose_analyzer/tests/data/batch), replayed, so the
-per-file work is the analysis (filtering, angles, reps, scoring, report,
-plot) rather than the detector. Measured side by side in one run:
+Input (``--source videos``, the default): 6 Pose2Sim sample views (100 frames of
+1080x1920 each) through MediaPipe full, i.e. real per-file work; or
+(``--source keypoints``) the keypoint files exported from them
+(projects/pose_analyzer/tests/data/batch), replayed, where the per-file work
+is only the analysis and Ray's costs dominate. Measured side by side in one run:
 
 - sequential: `run_analysis` on each file in turn, in this process (what a
   shell loop over `pose-analyzer analyze` does, without its start-up per file);
@@ -14,7 +15,7 @@ plot) rather than the detector. Measured side by side in one run:
 - the round trip of an empty task (submit, run, get) on the local Ray, one at a
   time, and the throughput of many in flight.
 
-Usage: python bench/bench_ray.py [--workers 1,2,3] [--repeats 3]
+Usage: python bench/bench_ray.py [--workers 1,2,3] [--repeats 3] [--source videos|keypoints]
 Writes bench/results/ray.json.
 """
 
@@ -45,6 +46,16 @@ def _clips(folder: Path) -> list[Path]:
     return out
 
 
+def _videos() -> list[Path]:
+    samples = REPO / "data" / "samples" / "pose2sim"
+    found = [samples / "single" / f"cam0{i}.mp4" for i in range(1, 5)]
+    found += [samples / "multi" / f"cam0{i}.mp4" for i in range(1, 3)]
+    missing = [p for p in found if not p.is_file()]
+    if missing:
+        raise SystemExit(f"{missing[0]} is missing: run `make fetch-samples`")
+    return found
+
+
 def _sequential(clips: list[Path], out: Path, repeats: int) -> list[float]:
     from pose_analyzer.pipeline import run_analysis
 
@@ -52,8 +63,8 @@ def _sequential(clips: list[Path], out: Path, repeats: int) -> list[float]:
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
-        for clip in clips:
-            run_analysis(clip, "squat", out_dir=out / clip.stem, video=False, progress=False)
+        for i, clip in enumerate(clips):
+            run_analysis(clip, "squat", out_dir=out / str(i), video=False, progress=False)
         times.append(time.perf_counter() - start)
     return times
 
@@ -129,13 +140,21 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2,3", help="local Ray worker counts")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument(
+        "--source",
+        choices=("videos", "keypoints"),
+        default="videos",
+        help="videos: 6 Pose2Sim views through MediaPipe; keypoints: the exported files, replayed",
+    )
     args = parser.parse_args()
     workers = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         root = Path(tmp)
         (root / "clips").mkdir()
-        clips = _clips(root / "clips")
-        frames = sum(sum(1 for line in c.open() if line.strip()) for c in clips)
+        clips = _videos() if args.source == "videos" else _clips(root / "clips")
+        from pose_analyzer.batch import frame_count
+
+        frames = sum(frame_count(c) or 0 for c in clips)
         sequential = _sequential(clips, root / "seq", args.repeats)
         runs = [_ray_runs(clips, root, w, args.repeats) for w in workers]
         overhead = _task_overhead(rounds=200, burst=1000)
@@ -150,12 +169,17 @@ def main() -> int:
             "note": "2-core CI-class machine shared with five other jobs while measured; "
             "absolute times are noisy, the ratios were measured side by side in one run",
         },
-        "input": {"clips": len(clips), "frames": frames, "backend": "replay"},
+        "input": {
+            "clips": len(clips),
+            "frames": frames,
+            "backend": "mediapipe (full)" if args.source == "videos" else "replay",
+        },
         "sequential_s": [round(t, 3) for t in sequential],
         "sequential_median_s": round(seq, 3),
         "local_ray": runs,
         "empty_task": overhead,
-        "command": "python bench/bench_ray.py --workers " + args.workers,
+        "command": f"python bench/bench_ray.py --workers {args.workers} "
+        f"--repeats {args.repeats} --source {args.source}",
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
