@@ -25,3 +25,26 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         # (a checkout in a folder called gpu would skip every test).
         if item.get_closest_marker("gpu") is not None:
             item.add_marker(skip_gpu)
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """A real two-node Ray cluster for the session: a head and a node with `second-node`.
+
+    1 CPU each, started with `ray start` and torn down by PID (tests/ray_cluster.py);
+    this process is connected to it as the driver.
+    """
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "tests"))
+    from ray_cluster import RayCluster
+
+    cluster = RayCluster(tmp_path_factory.mktemp("ray"))
+    try:
+        cluster.start_head(num_cpus=1)
+        cluster.connect()
+        cluster.add_node(num_cpus=1, resources={"second-node": 1})
+        yield cluster
+    finally:
+        cluster.stop()

@@ -22,7 +22,7 @@ def test_migrations_create_exactly_the_mapped_tables(tmp_path: Path) -> None:
         context = MigrationContext.configure(connection, opts={"version_table": VERSION_TABLE})
         assert compare_metadata(context, Base.metadata) == []
         tables = set(inspect(connection).get_table_names())
-    assert tables == {"profiling_jobs", VERSION_TABLE}
+    assert tables == {"profiling_jobs", "measured_peaks", VERSION_TABLE}
     db.dispose()
 
 

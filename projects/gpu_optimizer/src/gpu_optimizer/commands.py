@@ -379,7 +379,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 def _plan(args: argparse.Namespace) -> int:
     from gpu_optimizer.machines import load_machine_profiles
-    from gpu_optimizer.planning import Workload, plan_for_machines
+    from gpu_optimizer.planning import Workload
 
     shape = _shape(args)
     setup = _setup(args)
@@ -388,13 +388,17 @@ def _plan(args: argparse.Namespace) -> int:
         args.model, args.model, shape, args.mode, args.optimizer, args.dtype, setup=setup
     )
     profiles = load_machine_profiles(args.machines)
-    plans = plan_for_machines(workload, profiles, safety_margin=args.safety_margin)
+    from gpu_optimizer.fleet import open_measurements, plan_with_measurements
+    from gpu_optimizer.settings import get_settings
+
+    rows = open_measurements(args.database_url or get_settings().sqlalchemy_url())
+    planned = plan_with_measurements(workload, profiles, rows, safety_margin=args.safety_margin)
 
     def clamp(n: int) -> int:
         return 0 if n < lo else (min(n, hi) if hi is not None else n)
 
     machines: list[dict[str, Any]] = []
-    for p in plans:
+    for p, extra in planned:
         r = p.recommendation
         rec_plan = r.recommended_plan if clamp(r.recommended_batch) else "does-not-fit"
         machines.append(
@@ -408,6 +412,7 @@ def _plan(args: argparse.Namespace) -> int:
                 "batch_offload": clamp(r.batch_offload),
                 "recommended_batch": clamp(r.recommended_batch),
                 "recommended_plan": rec_plan,
+                **extra,
             }
         )
     data: dict[str, Any] = {
@@ -457,6 +462,10 @@ def _plan(args: argparse.Namespace) -> int:
                 f"{m['batch_checkpointing']:>7} {m['batch_offload']:>8}  "
                 f"{m['recommended_plan']} x{m['recommended_batch']}"
             )
+            for f in m.get("measured", []):
+                err = f" (estimate {f['error']:+.1%})" if "error" in f else ""
+                got = fmt_bytes(f["measured_reserved_bytes"]) if f["ok"] else "OOM"
+                lines.append(f"  measured batch {f['batch_size']}: reserved {got}{err}")
         lines += [f"warning: {w}" for w in data["warnings"]]
         return "\n".join(lines)
 
@@ -618,6 +627,7 @@ def add_plan(sub: Any) -> None:
     plan.add_argument(
         "--check-steps", action="store_true", help="warn if an eval or first step peaks higher"
     )
+    plan.add_argument("--database-url", help="measurements from measure-fleet (default: service's)")
     plan.set_defaults(func=_guarded(_plan))
 
 
@@ -631,3 +641,7 @@ def add_batch_size(sub: Any) -> None:
     bs.add_argument("--max-batch", type=_positive_int, default=4096)
     bs.add_argument("--steps", type=_positive_int, default=1, help="steps per trial")
     bs.set_defaults(func=_guarded(_batch_size))
+
+    from gpu_optimizer.fleet_cli import add_fleet_commands
+
+    add_fleet_commands(sub, _model_args, _guarded)

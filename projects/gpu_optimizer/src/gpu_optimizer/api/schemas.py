@@ -175,6 +175,10 @@ class MachinePlanOut(BaseModel):
     batch_offload: int
     recommended_batch: int
     recommended_plan: str
+    # Where measure-fleet measured this card: this workload's measured peaks with the
+    # estimate's error, and the overhead model refitted from the card's measurements.
+    measured: list[dict[str, Any]] | None = None
+    overhead: dict[str, Any] | None = None
 
 
 class PlanOut(BaseModel):

@@ -26,7 +26,7 @@ from typing import Any, cast
 
 from sqlalchemy import CursorResult, select, update
 
-from gpu_optimizer.jobs import entry
+from gpu_optimizer.jobs import entry, ray_tasks
 from gpu_optimizer.metrics import JobMetrics
 from gpu_optimizer.storage import TERMINAL_STATES, Database, JobState, ProfilingJob
 from gpu_optimizer.storage.tables import utcnow
@@ -76,8 +76,8 @@ def describe_exit(exitcode: int | None) -> str:
 class _Running:
     key: str
     kind: str
-    process: BaseProcess
-    conn: Connection
+    process: BaseProcess | None
+    conn: Connection | None
     started: float
     deadline: float
     timeout_s: float
@@ -86,6 +86,7 @@ class _Running:
     future: Future[dict[str, Any]] | None = None
     outcome: tuple[str, Any] | None = None
     progress: list[float] = field(default_factory=list)
+    ref: Any = None  # a Ray ObjectRef instead of a process (measure jobs on a cluster)
 
 
 @dataclass
@@ -318,6 +319,10 @@ class JobRunner:
         return _Launch(job_id, "profile", request, self._job_timeout_s, None, model, mode)
 
     def _launch(self, launch: _Launch) -> None:
+        address = ray_tasks.ray_address()
+        if address and launch.kind == "profile" and launch.request.get("mode") == "measure":
+            self._launch_ray(launch, address)
+            return
         parent, child = self._ctx.Pipe(duplex=False)
         process = self._ctx.Process(
             target=entry.child_main,
@@ -361,18 +366,58 @@ class JobRunner:
             else:
                 self._running[run.key] = run
 
+    def _launch_ray(self, launch: _Launch, address: str) -> None:
+        """A measure job as a Ray task on the cluster: same states, timeout and cancel."""
+        now = time.monotonic()
+        run = _Running(
+            launch.key, launch.kind, None, None, now, now + launch.timeout_s, launch.timeout_s,
+            model=launch.model, mode=launch.mode, future=launch.future,
+        )  # fmt: skip
+        try:
+            run.ref = ray_tasks.submit(address, launch.request)
+        except Exception as exc:
+            run.outcome = ("error", f"could not start a Ray task on {address}: {exc}")
+        with self._lock:
+            self._starting.discard(run.key)
+            if run.key in self._cancelled or self._stopping.is_set():
+                self._cancelled.discard(run.key)
+                self._kill(run)
+            elif run.outcome is not None:
+                self._complete(run)
+            else:
+                self._running[run.key] = run
+
+    def _poll_ray(self, run: _Running, now: float) -> None:
+        if ray_tasks.ready(run.ref, 0):
+            run.outcome = ray_tasks.outcome(run.ref)
+        elif now > run.deadline:
+            self._kill(run)
+            run.outcome = ("timeout", f"exceeded the timeout of {run.timeout_s:g} s")
+
     def _poll(self, timeout: float) -> None:
         with self._lock:
             runs = list(self._running.values())
-        waitables: list[Any] = [r.conn for r in runs] + [r.process.sentinel for r in runs]
+        local = [r for r in runs if r.process is not None and r.conn is not None]
+        waitables: list[Any] = [r.conn for r in local] + [
+            r.process.sentinel for r in local if r.process is not None
+        ]
         if waitables:
             wait(waitables, timeout=timeout)
+        elif len(local) < len(runs):
+            ray_tasks.ready(next(r.ref for r in runs if r.ref is not None), timeout)
         else:
             self._wake.wait(timeout)
         self._wake.clear()
         now = time.monotonic()
         with self._lock:
             for run in list(self._running.values()):
+                if run.process is None or run.conn is None:
+                    if run.outcome is None:
+                        self._poll_ray(run, now)
+                    if run.outcome is not None:
+                        self._running.pop(run.key, None)
+                        self._complete(run)
+                    continue
                 self._drain(run)
                 if run.outcome is None and now > run.deadline:
                     self._kill(run)
@@ -391,6 +436,8 @@ class JobRunner:
                     self._complete(run)
 
     def _drain(self, run: _Running) -> None:
+        if run.conn is None:
+            return
         try:
             while run.outcome is None and run.conn.poll():
                 tag, value = run.conn.recv()
@@ -423,7 +470,10 @@ class JobRunner:
             self._finish(run.key, JobState.FAILED, error=value, run=run)
 
     def _kill(self, run: _Running) -> None:
-        if run.process.is_alive():
+        if run.ref is not None:
+            ray_tasks.cancel(run.ref)
+            return
+        if run.process is not None and run.process.is_alive():
             run.process.kill()
             run.process.join(5)
 

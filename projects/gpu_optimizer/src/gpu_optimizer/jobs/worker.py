@@ -102,7 +102,16 @@ def run_plan(request: dict[str, Any], progress: Progress) -> dict[str, Any]:
         dtype=request.get("dtype", "fp32"),
         setup=setup_from(request),
     )
-    return {"machines": [_recommendation(p) for p in planning.plan_for_machines(workload)]}
+    measurements = request.get("measurements")
+    if not measurements:
+        return {"machines": [_recommendation(p) for p in planning.plan_for_machines(workload)]}
+    from gpu_optimizer.fleet import plan_with_measurements
+    from gpu_optimizer.machines import load_machine_profiles
+    from gpu_optimizer.storage import MeasuredPeak
+
+    rows = [MeasuredPeak(**m) for m in measurements]
+    planned = plan_with_measurements(workload, load_machine_profiles(), rows, safety_margin=0.1)
+    return {"machines": [_recommendation(p) | extra for p, extra in planned]}
 
 
 def run_recommendations(request: dict[str, Any], progress: Progress) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import enum
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, DateTime, Float, Index, String, Text
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, String, Text
 from sqlalchemy import Enum as SqlEnum
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -60,3 +60,43 @@ class ProfilingJob(Base):
     progress: Mapped[float] = mapped_column(Float, default=0.0)
     result: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+
+
+class MeasuredPeak(Base):
+    """One real training step measured on one GPU of the fleet (``measure-fleet``).
+
+    Keyed for lookup by the GPU's name and driver and by the workload, so plans
+    can show measured figures next to the estimate and refit the overhead model
+    per card. ``estimated_peak_bytes`` is the estimator's tracked peak for the
+    same step, stored with it so the error is the one of that estimator version.
+    """
+
+    __tablename__ = "measured_peaks"
+    __table_args__ = (
+        Index("ix_measured_peaks_gpu", "gpu_name", "driver_version"),
+        Index("ix_measured_peaks_workload", "model", "mode", "optimizer", "dtype"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    gpu_name: Mapped[str] = mapped_column(String(128))
+    driver_version: Mapped[str] = mapped_column(String(32))
+    gpu_total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    node: Mapped[str] = mapped_column(String(128))
+    model: Mapped[str] = mapped_column(String(512))
+    input_shape: Mapped[list[int]] = mapped_column(JSON)
+    batch_size: Mapped[int] = mapped_column(Integer)
+    optimizer: Mapped[str] = mapped_column(String(16))
+    dtype: Mapped[str] = mapped_column(String(16))
+    mode: Mapped[str] = mapped_column(String(16))
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    peak_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_allocated_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    max_reserved_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    estimated_peak_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    torch_version: Mapped[str] = mapped_column(String(32))
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values, to hand the measurements to a planning worker process."""
+        return {c.name: getattr(self, c.name) for c in self.__table__.columns if c.name != "id"}

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from gpu_optimizer.api.deps import RunnerDep, SessionDep, SettingsDep
 from gpu_optimizer.api.routes.errors import ERROR_RESPONSES, check_batch_size, check_model
 from gpu_optimizer.api.schemas import JobCreated, JobOut, JobSummary, ProfileRequest
+from gpu_optimizer.jobs import ray_tasks
 from gpu_optimizer.nvml import default_reader
 from gpu_optimizer.storage import JobState, ProfilingJob
 
@@ -29,7 +30,8 @@ async def create_profile(
     """Queue a profiling job for a worker process; poll GET /profiles/{id} for its result."""
     check_batch_size(body.batch_size, settings.max_batch_size)
     await check_model(body.model, settings)
-    if body.mode == "measure" and body.device == "cuda":
+    if body.mode == "measure" and body.device == "cuda" and ray_tasks.ray_address() is None:
+        # With a Ray cluster the job goes to a node that has a GPU, not to this machine.
         has_gpu = await run_in_threadpool(lambda: bool(default_reader().read(max_age_s=5.0)))
         if not has_gpu:
             raise HTTPException(
