@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make dev-session`: a tmux session with three windows:
-#   pose     the pose service in the foreground (make run-pose)
-#   vram     the GPU optimizer service in the foreground (make run-vram)
+#   pose_analyzer  the pose service in the foreground (make run-pose-analyzer)
+#   gpu_optimizer  the GPU optimizer service in the foreground (make run-gpu-optimizer)
 #   monitor  `watch nvidia-smi` where nvidia-smi exists, else `gpu-optimizer top`
 # It attaches when run from a terminal; otherwise (CI, scripts) it only creates the
 # session and prints how to attach. Running it again never creates a second session.

@@ -21,7 +21,7 @@ from synthetic import make_recording
 
 from pose_analyzer.batch import BatchOptions, content_hash, discover, run_batch, video_key
 from pose_analyzer.cli import main
-from pose_analyzer.pipeline import run_analysis
+from pose_analyzer.recordings import run_analysis
 from pose_analyzer.storage import Database, RepRow, SessionRow
 from pose_analyzer.storage.db import upgrade
 

@@ -62,7 +62,7 @@ def analyze_file(
 
     Returns the pipeline's Report; the report files are in ``out_dir``.
     """
-    from pose_analyzer.pipeline import run_analysis
+    from pose_analyzer.recordings import run_analysis
 
     report, _paths = run_analysis(
         input_path,
