@@ -28,22 +28,28 @@ LOOPBACK = "127.0.0.2"  # gpu_optimizer.cluster.LOCAL_NODE_IP
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def free_port(avoid: set[int] | None = None) -> int:
+    """A port free on LOOPBACK now and not in `avoid` (ports this cluster already gave out)."""
+    avoid = avoid or set()
+    for _ in range(200):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind((LOOPBACK, 0))
+            port = int(sock.getsockname()[1])
+        if port not in avoid:
+            return port
+    raise RuntimeError("no free port on the loopback address")
 
 
-def free_port_range(width: int = 64) -> tuple[int, int]:
-    """A run of free ports for a node's workers (checked, not reserved)."""
+def free_port_range(avoid: set[int], width: int = 64) -> tuple[int, int]:
+    """A run of free ports for a node's workers (checked, not reserved), clear of `avoid`."""
     for _ in range(50):
-        start = free_port() // width * width
-        if start + width > 65000:
+        start = free_port(avoid) // width * width
+        if start + width > 65000 or avoid & set(range(start, start + width)):
             continue
         ok = True
         for port in range(start, start + width):
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                if sock.connect_ex((LOOPBACK, port)) == 0:
                     ok = False
                     break
         if ok:
@@ -92,6 +98,17 @@ class RayCluster:
     token: str = field(default_factory=lambda: secrets.token_hex(32))
     port: int = field(default_factory=free_port)
     nodes: list[RayNode] = field(default_factory=list)
+    # Every port given to a component of this cluster: Ray refuses to start a node
+    # whose ports collide (a worker range overlapping an agent's port, say).
+    used: set[int] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.used.add(self.port)
+
+    def _port(self) -> int:
+        port = free_port(self.used)
+        self.used.add(port)
+        return port
 
     @property
     def address(self) -> str:
@@ -112,7 +129,8 @@ class RayCluster:
         }
 
     def _start(self, args: list[str], resources: dict[str, float], name: str) -> RayNode:
-        low, high = free_port_range()
+        low, high = free_port_range(self.used)
+        self.used.update(range(low, high + 1))
         log = self.root / f"{name}.log"
         cmd = [
             RAY,
@@ -122,12 +140,12 @@ class RayCluster:
             f"--temp-dir={self.root / 'ray'}",
             f"--min-worker-port={low}",
             f"--max-worker-port={high}",
-            f"--node-manager-port={free_port()}",
-            f"--object-manager-port={free_port()}",
-            f"--dashboard-agent-listen-port={free_port()}",
-            f"--dashboard-agent-grpc-port={free_port()}",
-            f"--runtime-env-agent-port={free_port()}",
-            f"--metrics-export-port={free_port()}",
+            f"--node-manager-port={self._port()}",
+            f"--object-manager-port={self._port()}",
+            f"--dashboard-agent-listen-port={self._port()}",
+            f"--dashboard-agent-grpc-port={self._port()}",
+            f"--runtime-env-agent-port={self._port()}",
+            f"--metrics-export-port={self._port()}",
             "--object-store-memory=200000000",
             f"--node-ip-address={LOOPBACK}",
             *args,
@@ -154,7 +172,8 @@ class RayCluster:
                 f"--num-cpus={num_cpus}",
                 "--num-gpus=0",
                 "--include-dashboard=false",
-                f"--dashboard-port={free_port()}",
+                f"--dashboard-port={self._port()}",
+                f"--ray-client-server-port={self._port()}",
             ],
             resources or {},
             "head",
@@ -199,6 +218,7 @@ class RayCluster:
         ray_constants.RAY_ENABLE_UV_RUN_RUNTIME_ENV = False  # if Ray was imported before
 
         deadline = time.monotonic() + timeout
+        self._wait_for_head(deadline)
         while True:
             try:
                 ray.init(address=self.address, log_to_driver=False)
@@ -207,6 +227,20 @@ class RayCluster:
                 if time.monotonic() > deadline or self.nodes[0].process.poll() is not None:
                     raise
                 time.sleep(0.5)
+
+    def _wait_for_head(self, deadline: float) -> None:
+        """Until the head's GCS accepts connections; a head that died says why at once
+        (ray.init would otherwise wait a long time on an address nobody serves)."""
+        head = self.nodes[0]
+        while True:
+            if head.process.poll() is not None:
+                raise RuntimeError(f"ray head died at start:\n{head.log.read_text()[-3000:]}")
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                if sock.connect_ex((LOOPBACK, self.port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"ray head not listening on {self.address}")
+            time.sleep(0.2)
 
     def stop(self) -> None:
         import ray
