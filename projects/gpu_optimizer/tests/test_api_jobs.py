@@ -576,4 +576,4 @@ def test_postgresql_results_survive_a_restart(workdir: Path, postgres_url: tuple
         ).scalar_one()
     engine.dispose()
     assert [tuple(row) for row in states] == [(job_id, "succeeded"), (running, "failed")]
-    assert version == "0001"
+    assert version == "0002"  # the newest migration (measured_peaks)
