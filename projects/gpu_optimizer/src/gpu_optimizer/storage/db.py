@@ -8,13 +8,13 @@ from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
 from gpu_optimizer.storage.guard import (
     SqliteFileGuard,
-    StorageUnavailable,
+    database_problem,
     sqlite_path,
     sqlite_pragmas,
 )
@@ -67,14 +67,7 @@ class Database:
 
     def problem(self) -> str | None:
         """Why the database cannot be used now, or None when it answers."""
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except StorageUnavailable as exc:
-            return str(exc)
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
+        return database_problem(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -16,7 +16,7 @@ import stat
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, text
 from sqlalchemy.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -28,6 +28,19 @@ MIN_FREE_BYTES = 1 << 20
 
 class StorageUnavailable(RuntimeError):
     """The database cannot be trusted with a read or a write; the message says why."""
+
+
+def database_problem(engine: Engine) -> str | None:
+    """Why the database behind `engine` cannot be used now, or None when it answers
+    (both services' `Database.problem`)."""
+    try:
+        with engine.connect() as connection:
+            connection.execute(text("SELECT 1"))
+    except StorageUnavailable as exc:
+        return str(exc)
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def sqlite_path(url: str) -> Path | None:

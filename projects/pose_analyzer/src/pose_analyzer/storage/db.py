@@ -19,13 +19,13 @@ from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, func, select, text, update
+from sqlalchemy import create_engine, func, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from gpu_optimizer.storage.guard import (
     SqliteFileGuard,
-    StorageUnavailable,
+    database_problem,
     sqlite_path,
     sqlite_pragmas,
 )
@@ -89,14 +89,7 @@ class Database:
 
     def problem(self) -> str | None:
         """Why the database cannot be used now, or None when it answers."""
-        try:
-            with self.engine.connect() as connection:
-                connection.execute(text("SELECT 1"))
-        except StorageUnavailable as exc:
-            return str(exc)
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
+        return database_problem(self.engine)
 
     @contextmanager
     def session(self) -> Iterator[Session]:
