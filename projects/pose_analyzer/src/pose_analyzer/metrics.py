@@ -110,6 +110,31 @@ class PoseMetrics:
             buckets=(1, 2, 3, 4, 6, 8, 12, 16, 32),
             registry=registry,
         )
+        # Rigs (multiview/service.py): labelled by rig id, removed when the rig ends, so
+        # at most POSE_MAX_STREAMS / 2 rigs have series at once.
+        self.active_rigs = Gauge("pose_active_rigs", "Rigs currently running", registry=registry)
+        self.rig_instants = Counter(
+            "pose_rig_instants_total", "Fused instants published", ["rig"], registry=registry
+        )
+        self.rig_fps = Gauge(
+            "pose_rig_fused_fps", "Fused instants per second (last 2 s)", ["rig"], registry=registry
+        )
+        self.rig_views_used = Gauge(
+            "pose_rig_views_used", "Views fused in the last instant", ["rig"], registry=registry
+        )
+        self.rig_reprojection = Histogram(
+            "pose_rig_reprojection_error_px",
+            "Mean reprojection error of each fused person per instant (pixels)",
+            ["rig"],
+            buckets=(1, 2, 3, 5, 7.5, 10, 15, 20, 30, 50),
+            registry=registry,
+        )
+        self.rig_latency = Histogram(
+            "pose_rig_frame_to_publish_seconds",
+            "From reading the last view's frame of an instant to publishing the instant",
+            buckets=LATENCY_BUCKETS,
+            registry=registry,
+        )
         self.jobs = Counter(
             "pose_jobs_total", "Offline analysis jobs by final state", ["state"], registry=registry
         )
@@ -126,6 +151,12 @@ class PoseMetrics:
         for metric in per_stream:
             with contextlib.suppress(KeyError):
                 metric.remove(slot)
+
+    def forget_rig(self, rig_id: str) -> None:
+        """Drop an ended rig's series."""
+        for metric in (self.rig_instants, self.rig_fps, self.rig_views_used, self.rig_reprojection):
+            with contextlib.suppress(KeyError):
+                metric.remove(rig_id)
 
 
 def create_registry() -> CollectorRegistry:

@@ -24,11 +24,12 @@ from gpu_optimizer.api.http import (
 )
 from pose_analyzer import __version__
 from pose_analyzer.api import errors
-from pose_analyzer.api.routes import exercises, health, jobs, page, sessions, streams
+from pose_analyzer.api.routes import exercises, health, jobs, page, rigs, sessions, streams
 from pose_analyzer.api.routes.page import STATIC
 from pose_analyzer.exercises.registry import ExerciseCatalog
 from pose_analyzer.jobs import JobRunner
 from pose_analyzer.metrics import PoseMetrics, create_registry
+from pose_analyzer.multiview.service import RigManager
 from pose_analyzer.settings import Settings, get_settings
 from pose_analyzer.storage import Database
 from pose_analyzer.streams.manager import StreamManager
@@ -55,6 +56,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = db
         app.state.catalog = catalog
         app.state.manager = StreamManager(settings, db, metrics)
+        app.state.rigs = RigManager(settings, db, metrics, app.state.manager)
         app.state.jobs = JobRunner(
             db,
             metrics,
@@ -67,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         requeued, failed = await asyncio.to_thread(app.state.jobs.recover)
         if requeued or failed:
             log.warning("restart: %d job(s) queued again, %d failed", requeued, failed)
-        reaper = asyncio.get_running_loop().create_task(_reap(app.state.manager))
+        reaper = asyncio.get_running_loop().create_task(_reap(app.state.manager, app.state.rigs))
         # Import the detector libraries in the background so the first stream starts fast.
         warm = asyncio.get_running_loop().run_in_executor(None, _warm_imports)
         try:
@@ -75,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             reaper.cancel()
             warm.cancel()
+            await app.state.rigs.stop_all()
             await app.state.manager.stop_all()
             app.state.jobs.shutdown()
             db.dispose()
@@ -96,7 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         ApiKeyMiddleware, key=settings.api_key, open_paths=open_paths, realm="pose_analyzer"
     )
     scrub_access_logs()
-    for module in (health, page, exercises, streams, jobs, sessions):
+    for module in (health, page, exercises, streams, rigs, jobs, sessions):
         app.include_router(module.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     declare_errors(app, api_key=settings.api_key is not None)
@@ -111,15 +114,17 @@ def _warm_imports() -> None:
 CHECKPOINT_EVERY = 5  # reaper ticks (seconds) between frame checkpoints
 
 
-async def _reap(manager: StreamManager) -> None:
+async def _reap(manager: StreamManager, rigs: RigManager) -> None:
     tick = 0
     while True:
         await asyncio.sleep(1.0)
         tick += 1
+        rigs.reap()
         if manager.reap():
             await asyncio.to_thread(release_memory)
         if tick % CHECKPOINT_EVERY == 0:
             try:
                 await asyncio.to_thread(manager.checkpoint)
+                await asyncio.to_thread(rigs.checkpoint)
             except Exception as exc:  # storage trouble: /health reports it
                 log.warning("frame checkpoint not stored: %s", exc)

@@ -15,16 +15,19 @@ from fastapi.responses import JSONResponse
 from gpu_optimizer.api.http import ErrorOut, install_error_handlers
 from pose_analyzer.exercises.registry import UnknownExerciseError
 from pose_analyzer.exercises.schema import ExerciseDefinitionError
+from pose_analyzer.multiview.calibration import CalibrationError
+from pose_analyzer.multiview.service import RigRequestError
 from pose_analyzer.streams.manager import StreamLimitError, StreamRequestError, StreamStartError
 from pose_analyzer.streams.sources import SourceError
 
 DESCRIPTIONS = {
     400: "the source is not acceptable (file, camera or URL), or the upload is empty",
-    404: "no such stream, session or job",
+    404: "no such stream, rig, session or job",
     409: "the job already ended",
     413: "the upload or body is too large",
     415: "the upload is not a video",
-    422: "the request does not match the schema, or names an unknown exercise, backend or model",
+    422: "the request does not match the schema, or names an unknown exercise, backend or "
+    "model; rigs: a calibration that does not match the sources, fewer than two views",
     429: "the stream limit is reached",
 }
 
@@ -46,6 +49,8 @@ def install(app: FastAPI) -> None:
         StreamLimitError: 429,
         StreamRequestError: 422,
         StreamStartError: 422,
+        RigRequestError: 422,
+        CalibrationError: 422,
     }
     for exc_class, status in statuses.items():
 

@@ -89,6 +89,86 @@ class StreamInfo(BaseModel):
     session_status: str | None = None
 
 
+CameraName = Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_no_nul)]
+
+
+class RigCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+
+    sources: list[SourceText | CameraIndex] = Field(
+        max_length=16,
+        description="one source per view, as for POST /streams (at least two)",
+        examples=[["rig/cam01.jsonl", "rig/cam02.jsonl", "rig/cam03.jsonl", "rig/cam04.jsonl"]],
+    )
+    calibration: SourceText = Field(
+        description="calibration file under the data directory: Pose2Sim .toml, Qualisys "
+        ".qca.txt or OpenCV .json/.yml",
+        examples=["samples/pose2sim/single/Calib.qca.txt"],
+    )
+    exercise: ExerciseName = Field(examples=["squat"])
+    cameras: list[CameraName] | None = Field(
+        default=None,
+        max_length=16,
+        description="the calibrated camera of each source, in order; default: matched by "
+        "file name (the file name contains the camera name)",
+    )
+    backend: Literal["mediapipe", "yolo", "replay"] | None = Field(
+        default=None, description="default: replay for keypoint files, else the service's"
+    )
+    model: ModelName | None = None
+    realtime: bool = Field(
+        default=True,
+        description="files: play at the native rate and fuse by capture time (a live rig); "
+        "false: as fast as they go, every frame of every view in step",
+    )
+    fps: float | None = Field(
+        default=None, gt=0, le=1000, description="nominal frame rate; default: the files'"
+    )
+
+
+class RigView(BaseModel):
+    name: str
+    source: str
+    state: str = Field(description="the reader's state, or `lost` once the view left the rig")
+    reason: str | None
+    lost_at_instant: int | None
+    frames_read: int
+    frames_fused: int
+    frames_late: int
+    frames_dropped: int
+    size: list[int] | None
+    center_m: list[float]
+
+
+class RigInfo(BaseModel):
+    id: str
+    calibration: str
+    exercise: str
+    backend: str
+    model: str | None
+    realtime: bool
+    sync: Literal["lockstep", "capture_time"]
+    fps_nominal: float
+    tolerance_s: float
+    state: str
+    error: str | None
+    reason: str | None
+    views: list[RigView]
+    views_active: list[str]
+    views_lost: dict[str, str | None]
+    instants: int
+    fps: float
+    last_latency_s: float | None
+    people: int
+    reps: int
+    rep_counts: dict[str, int]
+    clients: int
+    session_id: str
+    session_status: str
+    created_at: dt.datetime
+    joints: list[str]
+
+
 class Fault(BaseModel):
     code: str
     message: str
@@ -128,6 +208,10 @@ class SessionOut(BaseModel):
     frames: int
     error: str | None
     rep_count: int
+    cameras: list[dict[str, Any]] | None = Field(
+        default=None, description="rigs: the views, each a calibrated camera and its source"
+    )
+    calibration: str | None = None
 
 
 class SessionDetail(SessionOut):

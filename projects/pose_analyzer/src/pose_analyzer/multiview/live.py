@@ -100,5 +100,19 @@ class LiveRig:
             )
         return out
 
+    @property
+    def track_ids(self) -> list[int]:
+        return list(self._people)
+
+    def analyzer(self, track_id: int) -> PersonAnalyzer | None:
+        p = self._people.get(track_id)
+        return None if p is None else p.analyzer
+
+    def finish_people(self) -> list[tuple[int, RepReport]]:
+        """The rep each person was still in when the rig ended, with the person's track id."""
+        return [
+            (tid, r) for tid, p in self._people.items() if (r := p.analyzer.finish()) is not None
+        ]
+
     def finish(self) -> list[RepReport]:
         return [r for p in self._people.values() if (r := p.analyzer.finish()) is not None]

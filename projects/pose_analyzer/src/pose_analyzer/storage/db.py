@@ -102,7 +102,15 @@ class Database:
     # -- writes of the pipeline -------------------------------------------------------
 
     def start_session(
-        self, session_id: str, *, kind: str, source: str, exercise: str, backend: str
+        self,
+        session_id: str,
+        *,
+        kind: str,
+        source: str,
+        exercise: str,
+        backend: str,
+        cameras: list[dict[str, Any]] | None = None,
+        calibration: str | None = None,
     ) -> None:
         with self.session() as db:
             db.add(
@@ -116,6 +124,8 @@ class Database:
                     started_at=utcnow(),
                     updated_at=utcnow(),
                     frames=0,
+                    cameras=cameras,
+                    calibration=calibration,
                 )
             )
             db.commit()

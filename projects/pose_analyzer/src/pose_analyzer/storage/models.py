@@ -23,7 +23,7 @@ class SessionRow(Base):
     __tablename__ = "sessions"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
-    kind: Mapped[str] = mapped_column(String(16))  # "stream" | "upload"
+    kind: Mapped[str] = mapped_column(String(16))  # "stream" | "upload" | "rig"
     source: Mapped[str] = mapped_column(Text)
     exercise: Mapped[str] = mapped_column(String(64))
     backend: Mapped[str] = mapped_column(String(32))
@@ -36,6 +36,10 @@ class SessionRow(Base):
     # Last time the running service wrote this session (reps, frame checkpoints): what
     # an interrupted session's ended_at becomes.
     updated_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True))
+    # A rig's views ([{name, source}], the calibrated camera each source is) and its
+    # calibration file; null for streams and uploads.
+    cameras: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON)
+    calibration: Mapped[str | None] = mapped_column(Text)
 
     reps: Mapped[list[RepRow]] = relationship(
         back_populates="session", cascade="all, delete-orphan", order_by="RepRow.id"

@@ -7,6 +7,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,15 +52,18 @@ class StreamManager:
         self._batchers: dict[str, BatchingDetector] = {}
         self.policy = SourcePolicy.parse(settings.source_allow)
         self._trimmed: set[str] = set()  # finished streams whose memory was given back
+        # Slots taken outside this manager (each view of a rig takes one: multiview/service.py).
+        self.external_slots: Callable[[], int] = lambda: 0
 
     def _free_slot(self) -> int:
         used = {int(s.slot) for s in self.streams.values() if not s.finished.is_set()}
+        others = self.external_slots()
         for slot in range(self.settings.max_streams):
-            if slot not in used:
+            if slot not in used and len(used) + others < self.settings.max_streams:
                 return slot
         raise StreamLimitError(
             f"too many streams: {self.settings.max_streams} are running "
-            "(POSE_MAX_STREAMS); stop one first"
+            f"(POSE_MAX_STREAMS; rig views count too: {others}); stop one first"
         )
 
     async def start(

@@ -57,4 +57,6 @@ def _session_fields(row: Any) -> dict[str, Any]:
         "ended_at": _utc(row.ended_at),
         "frames": row.frames,
         "error": row.error,
+        "cameras": row.cameras,
+        "calibration": row.calibration,
     }

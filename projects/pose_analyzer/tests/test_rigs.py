@@ -1,0 +1,381 @@
+"""The /rigs service on a real server with real WebSocket clients.
+
+Views are replayed keypoint files: the Pose2Sim single-person demo's cached real
+MediaPipe detections (4 calibrated views, 100 frames at 60 fps) and a synthetic
+athlete projected into the demo's four cameras (constructed squats: known reps).
+Ground truth: the offline `analyze_multiview` on the same detections (the same
+fuser, so the live rig in lockstep must give the same 3D joints), the input 2D
+detections (reprojection), and the constructed motion (one person, 3 reps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import websockets
+from multiview_helpers import DEMO_CALIB, demo_rig, make_scene
+from service_helpers import metric_value, running_server, wait_until
+
+from pose_analyzer.detectors.replay import read_keypoints, write_keypoints
+from pose_analyzer.keypoints import JOINT_INDEX, JOINTS
+
+pytestmark = pytest.mark.integration
+
+REAL = Path(__file__).parent / "data" / "real"
+VIEWS = [f"cam0{i}" for i in range(1, 5)]
+SYNTH_FRAMES = 360  # 6 s at 60 fps: three constructed squats
+SYNTH_REPS = 3
+
+
+def _make_data(root: Path) -> Path:
+    rig = demo_rig()  # skips without the samples (the calibration comes with them)
+    data = root / "data"
+    (data / "demo").mkdir(parents=True)
+    shutil.copy(DEMO_CALIB, data / "Calib.qca.txt")
+    for v in VIEWS:
+        shutil.copy(REAL / f"pose2sim_single_{v}.jsonl", data / "demo" / f"{v}.jsonl")
+    scene = make_scene(
+        rig, frames=SYNTH_FRAMES, fps=60.0, reps=SYNTH_REPS, people_count=1, occlude=False
+    )
+    (data / "synth").mkdir()
+    for v in VIEWS:
+        write_keypoints(data / "synth" / f"{v}.jsonl", scene.frames[v])
+    return data
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _make_data(tmp_path_factory.mktemp("pose-rigs"))
+
+
+def _db_urls() -> list[Any]:
+    urls: list[Any] = ["sqlite"]
+    pg = os.environ.get("AIML_TEST_POSTGRES_URL")
+    urls.append(
+        pytest.param("postgresql", marks=pytest.mark.skipif(not pg, reason="no PostgreSQL"))
+    )
+    return urls
+
+
+@pytest.fixture(scope="module", params=_db_urls())
+def server(request: pytest.FixtureRequest, data_dir: Path, tmp_path_factory):
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path_factory.mktemp('rigs-db') / 'rigs.db'}"
+    else:
+        url = _fresh_postgres(os.environ["AIML_TEST_POSTGRES_URL"])
+    with running_server(data_dir, url, POSE_MAX_STREAMS="8") as srv:
+        yield srv
+
+
+def _fresh_postgres(url: str) -> str:
+    """An empty schema for this module (the tests of other modules share the database)."""
+    import sqlalchemy as sa
+
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP SCHEMA IF EXISTS rigs_test CASCADE"))
+        conn.execute(sa.text("CREATE SCHEMA rigs_test"))
+    engine.dispose()
+    sep = "&" if "?" in url else "?"
+    return f"{url}{sep}options=-csearch_path%3Drigs_test"
+
+
+def _rig(client: httpx.Client, folder: str, **kw: Any) -> dict[str, Any]:
+    body = {
+        "sources": [f"{folder}/{v}.jsonl" for v in VIEWS],
+        "calibration": "Calib.qca.txt",
+        "exercise": "squat",
+        **kw,
+    }
+    r = client.post("/rigs", json=body)
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+async def _follow(url: str, on_message: Any = None, timeout: float = 120.0) -> list[dict]:
+    """Every message of a rig until the server closes the socket (the final summary last)."""
+    messages: list[dict] = []
+    async with websockets.connect(url, max_size=None) as ws:
+        async with asyncio.timeout(timeout):
+            async for text in ws:
+                msg = json.loads(text)
+                messages.append(msg)
+                if on_message is not None:
+                    on_message(msg)
+    return messages
+
+
+def _ws(server: Any, rig_id: str) -> str:
+    return server.url.replace("http://", "ws://") + f"/ws/rigs/{rig_id}"
+
+
+def test_demo_rig_in_lockstep_matches_the_offline_fusion(server, data_dir: Path) -> None:
+    """The four real views as a rig: one person, one 3D track throughout, four views in
+    every instant, the offline path's 3D joints, and its reprojection errors."""
+    from pose_analyzer.multiview.recordings import analyze_multiview
+
+    offline = analyze_multiview(
+        data_dir / "Calib.qca.txt", [data_dir / "demo" / f"{v}.jsonl" for v in VIEWS], "squat"
+    )
+    with server.client() as client:
+        # Lockstep rigs run as fast as they go: follow from the start by connecting
+        # before the first instant can be published (the views are replayed at 60 fps
+        # for a moment first would be a race; instead every message carries its index).
+        rig = _rig(client, "demo", realtime=False)
+        messages = asyncio.run(_follow(_ws(server, rig["id"])))
+        final = messages[-1]
+        instants = [m for m in messages if "instant" in m and not m.get("final")]
+        info = client.get(f"/rigs/{rig['id']}").json()
+    assert final["final"] is True and final["reason"] == "the sources ended"
+    assert info["instants"] == final["instants"] == 100  # one instant per frame of the files
+    assert len(instants) >= 50, len(instants)
+    # The client saw every instant from its first on: consecutive indices, none skipped.
+    idx = [m["instant"] for m in instants]
+    assert idx == list(range(idx[0], 100)), idx[:5]
+    assert all(sorted(m["views_used"]) == VIEWS and m["views_lost"] == {} for m in instants)
+    assert {p["id"] for m in instants for p in m["people"]} == {1}
+    assert all(len(m["people"]) == 1 for m in instants)
+    assert info["state"] == "ended" and info["views_lost"] == {}
+    assert [v["frames_fused"] for v in info["views"]] == [100] * 4
+
+    # Same 3D joints as the offline CLI path (rounded to 0.1 mm on the wire).
+    person = offline.people[0]
+    for m in instants:
+        k = m["instant"]
+        joints = m["people"][0]["joints"]
+        for name, xyz in joints.items():
+            assert np.allclose(xyz, person.points[k, JOINT_INDEX[name]], atol=2e-4), (k, name)
+
+    # Reprojection into each view against the 2D detections that went in, per view.
+    detections = {v: list(read_keypoints(data_dir / "demo" / f"{v}.jsonl")) for v in VIEWS}
+    medians = {}
+    for v in VIEWS:
+        errs = []
+        for m in instants:
+            uv = m["reprojected"][v]["1"]
+            kp = detections[v][m["instant"]].people
+            best = min(
+                kp,
+                key=lambda p: np.nanmedian(
+                    [np.hypot(*(np.array(u) - p.keypoints[j, :2])) for j, u in enumerate(uv) if u]
+                ),
+            )
+            for j, u in enumerate(uv):
+                if u is not None and best.keypoints[j, 2] >= 0.3:
+                    errs.append(np.hypot(*(np.array(u) - best.keypoints[j, :2])))
+        # A view whose error at a joint exceeds 15 px is not used for it (triangulation's
+        # view rejection): what the offline per-view figure counts.
+        e = np.array(errs)
+        medians[v] = float(np.median(e[e <= 15.0]))
+    offline_medians = offline.per_view_median_error()
+    # The docs' figures: 5.7-9.1 px median per view.
+    assert all(m <= 10.0 for m in medians.values()), medians
+    for v in VIEWS:
+        assert abs(medians[v] - offline_medians[v]) < 1.0, (medians, offline_medians)
+
+
+def test_synthetic_rig_stores_its_session_and_the_constructed_reps(server) -> None:
+    with server.client() as client:
+        rig = _rig(client, "synth", realtime=False)
+        messages = asyncio.run(_follow(_ws(server, rig["id"])))
+        final = messages[-1]
+        assert final["instants"] == SYNTH_FRAMES
+        assert final["rep_counts"] == {"1": SYNTH_REPS}
+        session = wait_until(
+            lambda: (s := client.get(f"/sessions/{rig['id']}").json()).get("status") == "ended"
+            and s,
+            timeout=30,
+        )
+    assert session["kind"] == "rig" and session["frames"] == SYNTH_FRAMES
+    assert session["calibration"] == "Calib.qca.txt"
+    assert [c["name"] for c in session["cameras"]] == VIEWS
+    assert [c["source"] for c in session["cameras"]] == [f"synth/{v}.jsonl" for v in VIEWS]
+    assert len(session["reps"]) == SYNTH_REPS
+    assert {r["person_id"] for r in session["reps"]} == {1}
+    assert [r["index"] for r in session["reps"]] == list(range(1, SYNTH_REPS + 1))
+    # Each rep of the constructed squat lasts one period (2 s) at most.
+    assert all(0.5 < r["end_s"] - r["start_s"] <= 2.05 for r in session["reps"])
+
+
+def test_a_view_that_goes_away_leaves_the_rig_and_the_rig_says_so(server, data_dir) -> None:
+    """Live (capture-time sync): cam04's file is emptied mid-session (its source goes
+    away; the reader hits the end). The rig carries on with three views."""
+    victim = data_dir / "live4" / "cam04.jsonl"
+    victim.parent.mkdir(exist_ok=True)
+    for v in VIEWS:
+        shutil.copy(data_dir / "synth" / f"{v}.jsonl", victim.parent / f"{v}.jsonl")
+    scrape: dict[str, Any] = {}
+    with server.client() as client:
+        rig = _rig(client, "live4", realtime=True)
+        killed_at: list[int] = []
+
+        def on_message(msg: dict) -> None:
+            if msg.get("final"):
+                return
+            if not killed_at and msg["instant"] >= 90:
+                os.truncate(victim, 0)  # the source goes away under the reader
+                killed_at.append(msg["instant"])
+            if not scrape and msg["views_lost"]:
+                # While the rig runs on three views: its series are on /metrics.
+                scrape["text"] = httpx.get(server.url + "/metrics").text
+                scrape["info"] = httpx.get(server.url + f"/rigs/{rig['id']}").json()
+
+        messages = asyncio.run(_follow(_ws(server, rig["id"]), on_message))
+    instants = [m for m in messages if not m.get("final")]
+    final = messages[-1]
+    assert killed_at, "the rig never reached instant 90"
+    lost = [m for m in instants if "cam04" in m["views_lost"]]
+    assert lost, "no message says cam04 left"
+    first_lost = lost[0]["instant"]
+    # A few buffered lines may still arrive after the truncation, then none.
+    assert killed_at[0] <= first_lost <= killed_at[0] + 30
+    after = [m for m in instants if m["instant"] >= first_lost]
+    assert all("cam04" not in m["views_used"] and m["views"]["cam04"] == "lost" for m in after)
+    assert "ended" in lost[0]["views_lost"]["cam04"]
+    # The rig carried on to the end of the other three views, with one person throughout.
+    assert instants[-1]["instant"] >= SYNTH_FRAMES - 10
+    three = [m for m in after if sorted(m["views_used"]) == VIEWS[:3]]
+    assert len(three) >= 0.8 * len(after)
+    assert {p["id"] for m in instants for p in m["people"]} == {1}
+    before = [m for m in instants if m["instant"] < killed_at[0]]
+    assert sum(len(m["views_used"]) == 4 for m in before) >= 0.8 * len(before)
+    info = scrape["info"]
+    assert info["views_lost"].keys() == {"cam04"} and info["views_active"] == VIEWS[:3]
+    assert final["views_lost"].keys() == {"cam04"} and final["state"] == "ended"
+    # Metrics of the running rig: instants, fps, views used, reprojection error.
+    text = scrape["text"]
+    labels = {"rig": rig["id"]}
+    assert (metric_value(text, "pose_rig_instants_total", labels) or 0) >= killed_at[0]
+    assert metric_value(text, "pose_rig_views_used", labels) in (3.0, 2.0)
+    assert (metric_value(text, "pose_rig_fused_fps", labels) or 0) > 5
+    # Synthetic views are exact projections: the reprojection error is ~0.
+    count = metric_value(text, "pose_rig_reprojection_error_px_count", labels) or 0
+    low = metric_value(text, "pose_rig_reprojection_error_px_bucket", {**labels, "le": "1.0"})
+    assert count >= killed_at[0] and low == count
+    # Once ended, its series are gone.
+    gone = wait_until(
+        lambda: metric_value(httpx.get(server.url + "/metrics").text, "pose_rig_fused_fps", labels)
+        is None,
+        timeout=30,
+    )
+    assert gone
+
+
+def test_fewer_than_two_views_left_ends_the_rig_with_the_reason(server, data_dir) -> None:
+    folder = data_dir / "live1"
+    folder.mkdir(exist_ok=True)
+    for v in VIEWS:
+        shutil.copy(data_dir / "synth" / f"{v}.jsonl", folder / f"{v}.jsonl")
+    with server.client() as client:
+        rig = _rig(client, "live1", realtime=True)
+        done: list[int] = []
+
+        def on_message(msg: dict) -> None:
+            if not done and not msg.get("final") and msg["instant"] >= 30:
+                for v in VIEWS[1:]:
+                    os.truncate(folder / f"{v}.jsonl", 0)
+                done.append(msg["instant"])
+
+        messages = asyncio.run(_follow(_ws(server, rig["id"]), on_message))
+        final = messages[-1]
+        info = client.get(f"/rigs/{rig['id']}").json()
+        session = wait_until(
+            lambda: (s := client.get(f"/sessions/{rig['id']}").json()).get("status") != "live"
+            and s,
+            timeout=30,
+        )
+    assert final["final"] and final["state"] == "failed"
+    assert final["reason"].startswith("fewer than two views left")
+    assert "still delivering: cam01" in final["reason"]
+    assert set(final["views_lost"]) == {"cam02", "cam03", "cam04"}
+    assert final["instants"] < SYNTH_FRAMES - 100  # it stopped, it did not run to the end
+    assert info["state"] == "failed" and info["reason"] == final["reason"]
+    assert session["status"] == "failed" and "fewer than two views" in session["error"]
+
+
+def test_bad_requests_are_clear_4xx(server, data_dir: Path) -> None:
+    (data_dir / "two").mkdir(exist_ok=True)
+    for v in ("cam01", "cam05"):
+        shutil.copy(data_dir / "demo" / "cam01.jsonl", data_dir / "two" / f"{v}.jsonl")
+    base = {"calibration": "Calib.qca.txt", "exercise": "squat"}
+    demo = [f"demo/{v}.jsonl" for v in VIEWS]
+    with server.client() as client:
+        cases = [
+            ({"sources": demo[:1]}, 422, "at least two views"),
+            ({"sources": ["two/cam01.jsonl", "two/cam05.jsonl"]}, 422, "matches no camera"),
+            ({"sources": demo, "cameras": ["cam01", "cam02"]}, 422, "camera names for 4"),
+            ({"sources": demo, "exercise": "auto"}, 422, "auto"),
+            ({"sources": demo, "exercise": "no_such_move"}, 422, "no_such_move"),
+            ({"sources": demo, "backend": "mediapipe"}, 422, "replay backend"),
+            ({"sources": demo, "backend": "fancy"}, 422, None),
+            ({"sources": demo, "calibration": "../Calib.qca.txt"}, 400, "outside the data"),
+            ({"sources": demo, "calibration": "nope.toml"}, 400, "does not exist"),
+            ({"sources": demo, "calibration": "demo/cam01.jsonl"}, 400, "expected a Pose2Sim"),
+            ({"sources": [*demo[:3], demo[0]]}, 422, "twice"),
+            ({"sources": ["../etc/x.jsonl", *demo[1:]]}, 400, "outside the data directory"),
+        ]
+        for extra, status, text in cases:
+            r = client.post("/rigs", json={**base, **extra})
+            assert r.status_code == status, (extra, r.text)
+            if text:
+                assert text in r.json()["detail"], (extra, r.json())
+        r = client.post("/rigs", content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 422
+        assert client.get("/rigs/nope").status_code == 404
+        assert client.delete("/rigs/nope").status_code == 404
+        # A calibration whose camera sizes do not match the views.
+        toml = data_dir / "small.toml"
+        from pose_analyzer.multiview.calibration import load_calibration, write_pose2sim_toml
+
+        cal = load_calibration(data_dir / "Calib.qca.txt")
+        from dataclasses import replace
+
+        write_pose2sim_toml(
+            replace(cal, cameras=tuple(replace(c, size=(640, 480)) for c in cal.cameras)), toml
+        )
+        r = client.post("/rigs", json={**base, "sources": demo, "calibration": "small.toml"})
+        assert r.status_code == 422 and "calibrated at 640x480" in r.json()["detail"]
+        # The stream limit: a rig of four views takes four of the eight slots.
+        rigs = [_rig(client, "synth", realtime=True) for _ in range(2)]
+        r = client.post("/rigs", json={**base, "sources": demo})
+        assert r.status_code == 429 and "POSE_MAX_STREAMS" in r.json()["detail"]
+        r = client.post("/streams", json={"source": "demo/cam01.jsonl", "exercise": "squat"})
+        assert r.status_code == 429
+        for rig in rigs:
+            stopped = client.delete(f"/rigs/{rig['id']}")
+            assert stopped.status_code == 200 and stopped.json()["state"] == "stopped"
+        assert client.get("/health").status_code == 200
+
+
+def test_unknown_rig_socket_is_closed_4404(server) -> None:
+    async def go() -> int | None:
+        async with websockets.connect(_ws(server, "nope")) as ws:
+            with pytest.raises(websockets.ConnectionClosed):
+                await ws.recv()
+            return ws.close_code
+
+    assert asyncio.run(go()) == 4404
+
+
+def test_storage_gone_is_a_503_and_the_service_stays_up(data_dir: Path, tmp_path: Path) -> None:
+    db = tmp_path / "gone.db"
+    with running_server(data_dir, f"sqlite:///{db}") as srv, srv.client() as client:
+        db.unlink()
+        body = {
+            "sources": [f"demo/{v}.jsonl" for v in VIEWS],
+            "calibration": "Calib.qca.txt",
+            "exercise": "squat",
+        }
+        r = client.post("/rigs", json=body)
+        assert r.status_code == 503, r.text
+        assert client.get("/rigs").json() == []
+        assert client.get("/health").status_code in (200, 503)
+        assert JOINTS  # the service answered every call: it is up
