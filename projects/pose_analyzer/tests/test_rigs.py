@@ -239,14 +239,16 @@ def test_a_view_that_goes_away_leaves_the_rig_and_the_rig_says_so(server, data_d
     assert killed_at[0] <= first_lost <= killed_at[0] + 30
     after = [m for m in instants if m["instant"] >= first_lost]
     assert all("cam04" not in m["views_used"] and m["views"]["cam04"] == "lost" for m in after)
-    assert "ended" in lost[0]["views_lost"]["cam04"]
+    # The reader hit the end, or the half line the truncation left: either is said.
+    assert lost[0]["views_lost"]["cam04"].split(":")[0] in ("ended", "failed")
     # The rig carried on to the end of the other three views, with one person throughout.
-    assert instants[-1]["instant"] >= SYNTH_FRAMES - 10
+    assert instants[-1]["t"] >= (SYNTH_FRAMES - 10) / 60.0
     three = [m for m in after if sorted(m["views_used"]) == VIEWS[:3]]
     assert len(three) >= 0.8 * len(after)
     assert {p["id"] for m in instants for p in m["people"]} == {1}
     before = [m for m in instants if m["instant"] < killed_at[0]]
-    assert sum(len(m["views_used"]) == 4 for m in before) >= 0.8 * len(before)
+    four = sum(len(m["views_used"]) == 4 for m in before)
+    assert four >= 0.8 * len(before), [len(m["views_used"]) for m in before]
     info = scrape["info"]
     assert info["views_lost"].keys() == {"cam04"} and info["views_active"] == VIEWS[:3]
     assert final["views_lost"].keys() == {"cam04"} and final["state"] == "ended"

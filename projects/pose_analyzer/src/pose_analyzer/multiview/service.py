@@ -175,6 +175,10 @@ def plan_views(
     return rig, specs
 
 
+def config_plays_files(config: RigConfig) -> bool:
+    return config.realtime and all(v.source.kind == "file" for v in config.views)
+
+
 # --- the running rig -----------------------------------------------------------------
 
 
@@ -266,6 +270,8 @@ class RigRunner:
         self._cond = threading.Condition()
         self._stop = threading.Event()
         self.views: list[View] = []
+        # Files played live share one clock: frame t of every view is due at the same time.
+        self.clock_start: float | None = None
         for spec in config.views:
             reader_cls = KeypointReader if spec.source.keypoints else FrameReader
             reader = reader_cls(
@@ -336,7 +342,11 @@ class RigRunner:
         self.metrics.active_rigs.inc()
         if self._shared is not None:
             self._shared.users += len(self.views)
+        # Every reader's first frame is due a moment from now, when all have opened.
+        self.clock_start = time.monotonic() + 0.2
         for view in self.views:
+            if config_plays_files(self.config):
+                view.reader.clock_start = self.clock_start
             view.reader.start()
             view.thread = threading.Thread(
                 target=self._work, args=(view,), name=f"rig-{self.id}-{view.name}", daemon=True
@@ -639,18 +649,18 @@ class RigRunner:
             for v in self.views
             if not v.lost_reason
         }
-        any_failed = any(v.reader.state == StreamState.FAILED for v in self.views)
+        all_failed = all(v.reader.state == StreamState.FAILED for v in self.views)
         if self.error:
             status = "failed"
         elif self._stopping:
             status = "ended"
             self.end_reason = "stopped"
-        elif lost and self._ended_with:
+        elif len(self.views) - len(lost) < 2:  # views left the rig until one was left
             status = "failed"
             detail = "; ".join(f"{n}: {r}" for n, r in lost.items())
             still = ", ".join(self._ended_with)
             self.end_reason = f"fewer than two views left ({detail}; still delivering: {still})"
-        elif any_failed:
+        elif all_failed:
             status = "failed"
             detail = "; ".join(f"{n}: {r}" for n, r in {**lost, **last}.items())
             self.end_reason = f"the views failed ({detail})"

@@ -63,6 +63,7 @@ class FrameReader:
         on_state: Callable[[StreamState, str | None], None] | None = None,
         on_drop: Callable[[int], None] | None = None,
         on_read: Callable[[], None] | None = None,
+        clock_start: float | None = None,
     ) -> None:
         self.source = source
         self.realtime = realtime
@@ -81,6 +82,9 @@ class FrameReader:
         self._on_state = on_state
         self._on_drop = on_drop
         self._on_read = on_read
+        # A file played live starts its clock here (time.monotonic()) instead of when it
+        # opened: the views of a rig share one clock (multiview/service.py).
+        self.clock_start = clock_start
         self._wanted = True  # the pipeline waits for a frame
         self.state = StreamState.CONNECTING
         self.reason: str | None = None
@@ -218,7 +222,7 @@ class FrameReader:
         if self.policy is DropPolicy.WAIT:
             return self._pump_all(video)
         got = False
-        wall_start = time.monotonic()
+        wall_start = self.clock_start or time.monotonic()
         first_t: float | None = None
         fps = video.fps or 30.0
         for index, convert in video.lazy_frames():
@@ -272,7 +276,7 @@ class KeypointReader(FrameReader):
         from pose_analyzer.detectors.replay import KeypointFileError, read_keypoints
 
         self._set_state(StreamState.LIVE, None)
-        wall_start = time.monotonic()
+        wall_start = self.clock_start or time.monotonic()
         first_t: float | None = None
         try:
             for poses in read_keypoints(str(self.source.target)):
