@@ -22,6 +22,8 @@ M_PER_PX = 1.75 / 850.0
 REPO = Path(__file__).resolve().parents[3]
 DEMO_CALIB = REPO / "data" / "samples" / "pose2sim" / "single" / "Calib.qca.txt"
 TEST_DATA = Path(__file__).resolve().parent / "data" / "multiview"
+REAL = Path(__file__).resolve().parent / "data" / "real"
+VIEWS = [f"cam0{i}" for i in range(1, 5)]
 
 
 def demo_rig() -> CameraRig:
@@ -124,3 +126,24 @@ def make_scene(
             out[cam.name].append(FramePoses(k, float(t[k]), w, h, found))
             owner[cam.name].append(who)
     return Scene(t, pts, truth, out, owner, occluded)
+
+
+def make_rig_data_dir(root: Path, frames: int = 360, reps: int = 3) -> Path:
+    """A service data directory for rigs: the demo calibration, the demo's cached real
+    MediaPipe detections per view (`demo/cam0N.jsonl`) and a synthetic squatter seen
+    by the same four cameras (`synth/cam0N.jsonl`, `reps` squats over `frames` at 60 fps)."""
+    import shutil
+
+    from pose_analyzer.detectors.replay import write_keypoints
+
+    rig = demo_rig()  # skips without the samples (the calibration comes with them)
+    data = root / "data"
+    (data / "demo").mkdir(parents=True)
+    shutil.copy(DEMO_CALIB, data / "Calib.qca.txt")
+    for v in VIEWS:
+        shutil.copy(REAL / f"pose2sim_single_{v}.jsonl", data / "demo" / f"{v}.jsonl")
+    scene = make_scene(rig, frames=frames, fps=60.0, reps=reps, people_count=1, occlude=False)
+    (data / "synth").mkdir()
+    for v in VIEWS:
+        write_keypoints(data / "synth" / f"{v}.jsonl", scene.frames[v])
+    return data

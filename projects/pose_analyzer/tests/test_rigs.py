@@ -21,39 +21,21 @@ import httpx
 import numpy as np
 import pytest
 import websockets
-from multiview_helpers import DEMO_CALIB, demo_rig, make_scene
+from multiview_helpers import VIEWS, make_rig_data_dir
 from service_helpers import metric_value, running_server, wait_until
 
-from pose_analyzer.detectors.replay import read_keypoints, write_keypoints
+from pose_analyzer.detectors.replay import read_keypoints
 from pose_analyzer.keypoints import JOINT_INDEX, JOINTS
 
 pytestmark = pytest.mark.integration
 
-REAL = Path(__file__).parent / "data" / "real"
-VIEWS = [f"cam0{i}" for i in range(1, 5)]
 SYNTH_FRAMES = 360  # 6 s at 60 fps: three constructed squats
 SYNTH_REPS = 3
 
 
-def _make_data(root: Path) -> Path:
-    rig = demo_rig()  # skips without the samples (the calibration comes with them)
-    data = root / "data"
-    (data / "demo").mkdir(parents=True)
-    shutil.copy(DEMO_CALIB, data / "Calib.qca.txt")
-    for v in VIEWS:
-        shutil.copy(REAL / f"pose2sim_single_{v}.jsonl", data / "demo" / f"{v}.jsonl")
-    scene = make_scene(
-        rig, frames=SYNTH_FRAMES, fps=60.0, reps=SYNTH_REPS, people_count=1, occlude=False
-    )
-    (data / "synth").mkdir()
-    for v in VIEWS:
-        write_keypoints(data / "synth" / f"{v}.jsonl", scene.frames[v])
-    return data
-
-
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return _make_data(tmp_path_factory.mktemp("pose-rigs"))
+    return make_rig_data_dir(tmp_path_factory.mktemp("pose-rigs"), SYNTH_FRAMES, SYNTH_REPS)
 
 
 def _db_urls() -> list[Any]:
@@ -190,8 +172,9 @@ def test_synthetic_rig_stores_its_session_and_the_constructed_reps(server) -> No
         assert final["instants"] == SYNTH_FRAMES
         assert final["rep_counts"] == {"1": SYNTH_REPS}
         session = wait_until(
-            lambda: (s := client.get(f"/sessions/{rig['id']}").json()).get("status") == "ended"
-            and s,
+            lambda: (
+                (s := client.get(f"/sessions/{rig['id']}").json()).get("status") == "ended" and s
+            ),
             timeout=30,
         )
     assert session["kind"] == "rig" and session["frames"] == SYNTH_FRAMES
@@ -264,8 +247,10 @@ def test_a_view_that_goes_away_leaves_the_rig_and_the_rig_says_so(server, data_d
     assert count >= killed_at[0] and low == count
     # Once ended, its series are gone.
     gone = wait_until(
-        lambda: metric_value(httpx.get(server.url + "/metrics").text, "pose_rig_fused_fps", labels)
-        is None,
+        lambda: (
+            metric_value(httpx.get(server.url + "/metrics").text, "pose_rig_fused_fps", labels)
+            is None
+        ),
         timeout=30,
     )
     assert gone
@@ -290,8 +275,9 @@ def test_fewer_than_two_views_left_ends_the_rig_with_the_reason(server, data_dir
         final = messages[-1]
         info = client.get(f"/rigs/{rig['id']}").json()
         session = wait_until(
-            lambda: (s := client.get(f"/sessions/{rig['id']}").json()).get("status") != "live"
-            and s,
+            lambda: (
+                (s := client.get(f"/sessions/{rig['id']}").json()).get("status") != "live" and s
+            ),
             timeout=30,
         )
     assert final["final"] and final["state"] == "failed"

@@ -190,7 +190,7 @@ async function refresh() {
       if (!running && s.state !== "connecting") endCard(card, s.state);
     }
     for (const [id, card] of cards) if (!ids.has(id)) endCard(card, card.ended ? null : "ended");
-    document.getElementById("empty").hidden = cards.size > 0;
+    document.getElementById("empty").hidden = cards.size > 0 || !!document.querySelector(".rig-card");
     document.getElementById("status").textContent = `${streams.length} stream(s)`;
   } catch (err) {
     document.getElementById("status").textContent = `service unreachable: ${err.message}`;
