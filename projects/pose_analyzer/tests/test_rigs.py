@@ -367,3 +367,43 @@ def test_storage_gone_is_a_503_and_the_service_stays_up(data_dir: Path, tmp_path
         assert client.get("/rigs").json() == []
         assert client.get("/health").status_code in (200, 503)
         assert JOINTS  # the service answered every call: it is up
+
+
+@pytest.mark.slow
+def test_real_mediapipe_rig_on_the_four_demo_videos(data_dir: Path, tmp_path: Path) -> None:
+    """The four demo videos decoded and detected live by MediaPipe (full, video mode) in
+    the rig, in lockstep: the same person, one 3D track, the offline figures' error."""
+    from multiview_helpers import DEMO_CALIB
+
+    videos = DEMO_CALIB.parent
+    if not all((videos / f"{v}.mp4").exists() for v in VIEWS):
+        pytest.skip("demo videos missing: run `make fetch-samples`")
+    (data_dir / "video").mkdir(exist_ok=True)
+    for v in VIEWS:
+        shutil.copy(videos / f"{v}.mp4", data_dir / "video" / f"{v}.mp4")
+    with (
+        running_server(data_dir, f"sqlite:///{tmp_path / 'mp.db'}") as srv,
+        srv.client() as client,
+    ):
+        body = {
+            "sources": [f"video/{v}.mp4" for v in VIEWS],
+            "calibration": "Calib.qca.txt",
+            "exercise": "squat",
+            "backend": "mediapipe",
+            "model": "full",
+            "realtime": False,
+        }
+        r = client.post("/rigs", json=body)
+        assert r.status_code == 201, r.text
+        rig = r.json()
+        assert rig["sync"] == "lockstep" and rig["views"][0]["size"] == [1080, 1920]
+        messages = asyncio.run(_follow(_ws(srv, rig["id"]), timeout=400))
+        info = client.get(f"/rigs/{rig['id']}").json()
+    final = messages[-1]
+    instants = [m for m in messages if not m.get("final")]
+    assert final["instants"] == info["instants"] == 100, final
+    assert all(sorted(m["views_used"]) == VIEWS for m in instants)
+    assert {p["id"] for m in instants for p in m["people"]} == {1}
+    assert sum(len(m["people"]) == 1 for m in instants) >= 0.95 * len(instants)
+    errors = [p["reprojection_error_px"] for m in instants for p in m["people"]]
+    assert float(np.median(errors)) <= 10.0, np.median(errors)
