@@ -30,7 +30,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.exc import DBAPIError
 
+from gpu_optimizer.storage.guard import StorageUnavailable
 from pose_analyzer.detectors.replay import KeypointFileError, read_keypoints
 from pose_analyzer.engine.auto import is_auto
 from pose_analyzer.exercises.registry import get_exercise
@@ -301,6 +303,7 @@ class RigRunner:
         self._anomalies_seen: dict[int, int] = {}
         self.state = "connecting"
         self._ended_with: list[str] = []  # views still delivering when the rig ended
+        self._last_t = -math.inf  # capture time of the last instant fused
 
     # -- lifecycle --------------------------------------------------------------------
 
@@ -342,11 +345,12 @@ class RigRunner:
         self.metrics.active_rigs.inc()
         if self._shared is not None:
             self._shared.users += len(self.views)
-        # Every reader's first frame is due a moment from now, when all have opened.
-        self.clock_start = time.monotonic() + 0.2
+        # One clock for every view: capture times of live sources count from now; files
+        # played live have their first frame due a moment from now, once all have opened.
+        lead = 0.2 if config_plays_files(self.config) else 0.0
+        self.clock_start = time.monotonic() + lead
         for view in self.views:
-            if config_plays_files(self.config):
-                view.reader.clock_start = self.clock_start
+            view.reader.clock_start = self.clock_start
             view.reader.start()
             view.thread = threading.Thread(
                 target=self._work, args=(view,), name=f"rig-{self.id}-{view.name}", daemon=True
@@ -444,6 +448,14 @@ class RigRunner:
             while True:
                 if self._stop.is_set():
                     return None
+                # Frames of an instant already fused (a view more than a frame behind)
+                # can never be used: late.
+                for view in self.views:
+                    while (
+                        view.pending and view.pending[0].poses.t <= self._last_t + self.tolerance_s
+                    ):
+                        view.pending.popleft()
+                        view.frames_late += 1
                 self._mark_lost()
                 able = [v for v in self.views if v.pending or (not v.done and not v.lost_reason)]
                 if len(able) < 2:
@@ -480,6 +492,7 @@ class RigRunner:
                         view.pending.popleft()
                         view.frames_late += 1
                 self._cond.notify_all()
+                self._last_t = anchor
                 return anchor, taken
 
     def _fuse_loop(self) -> None:
@@ -640,8 +653,15 @@ class RigRunner:
     async def _finish(self) -> None:
         if self._stopping:
             self.state = "stopped"
+        self._stop.set()  # workers waiting for room (lockstep) give up
+        with self._cond:
+            self._cond.notify_all()
         for view in self.views:
             await asyncio.to_thread(view.reader.stop, 2.0)
+        # No detection may still run on a detector that is about to close.
+        await asyncio.to_thread(
+            lambda: [v.thread.join(10) for v in self.views if v.thread is not None]
+        )
         lost = {v.name: v.lost_reason for v in self.views if v.lost_reason}
         # Views that stopped with the rig's end (not before it): what they said.
         last = {
@@ -792,7 +812,12 @@ class RigManager:
         realtime: bool = True,
         fps: float | None = None,
     ) -> RigRunner:
-        from pose_analyzer.streams.manager import BACKENDS, StreamLimitError, check_model
+        from pose_analyzer.streams.manager import (
+            BACKENDS,
+            StreamLimitError,
+            StreamStartError,
+            check_model,
+        )
 
         data_dir = Path(self.settings.data_dir)
         definition = get_exercise(exercise) if isinstance(exercise, str) else exercise
@@ -864,7 +889,12 @@ class RigManager:
                 models_dir=self.settings.models_dir,
                 shared_detector=shared,
             )
-            await runner.start()
+            try:
+                await runner.start()
+            except (StorageUnavailable, DBAPIError):
+                raise  # the database's trouble, not the backend's: a 503
+            except Exception as exc:
+                raise StreamStartError(f"cannot start the {backend} backend: {exc}") from exc
             self.rigs[runner.id] = runner
         return runner
 

@@ -82,8 +82,9 @@ class FrameReader:
         self._on_state = on_state
         self._on_drop = on_drop
         self._on_read = on_read
-        # A file played live starts its clock here (time.monotonic()) instead of when it
-        # opened: the views of a rig share one clock (multiview/service.py).
+        # The stream's clock starts here (time.monotonic()) instead of when the reader
+        # started: a file played live is due from then, a live source's capture times
+        # count from then. The views of a rig share one clock (multiview/service.py).
         self.clock_start = clock_start
         self._wanted = True  # the pipeline waits for a frame
         self.state = StreamState.CONNECTING
@@ -231,7 +232,7 @@ class FrameReader:
             got = True
             now = time.monotonic()
             if self.source.live:
-                t = now - start
+                t = now - (self.clock_start or start)
             else:
                 # A file played live: frame k is due at its container time.
                 t = index / fps
