@@ -256,6 +256,53 @@ def test_a_view_that_goes_away_leaves_the_rig_and_the_rig_says_so(server, data_d
     assert gone
 
 
+def test_dropped_and_lagging_frames_are_left_out_never_waited_for(server, data_dir) -> None:
+    """Live sync by capture time: cam04 drops every third frame, cam03 delivers nothing
+    for one second (frames 200-259) and then comes back. Those instants go out without
+    them, on time and on the frame grid, one instant per frame of the rig; cam03 is
+    used again afterwards (it lagged, it did not leave)."""
+    from pose_analyzer.detectors.replay import write_keypoints
+
+    folder = data_dir / "lag"
+    folder.mkdir(exist_ok=True)
+    for v in VIEWS:
+        frames = list(read_keypoints(data_dir / "synth" / f"{v}.jsonl"))
+        if v == "cam04":
+            frames = [f for f in frames if f.index % 3 != 1]
+        if v == "cam03":
+            frames = [f for f in frames if not 200 <= f.index < 260]
+        write_keypoints(folder / f"{v}.jsonl", frames)
+    with server.client() as client:
+        rig = _rig(client, "lag", realtime=True)
+        messages = asyncio.run(_follow(_ws(server, rig["id"])))
+        info = client.get(f"/rigs/{rig['id']}").json()
+    final = messages[-1]
+    instants = [m for m in messages if not m.get("final")]
+    frame_of = [round(m["t"] * 60) for m in instants]
+    assert all(abs(m["t"] * 60 - k) < 1e-3 for m, k in zip(instants, frame_of, strict=True))
+    assert len(set(frame_of)) == len(frame_of)  # one instant per frame, no view alone
+    assert 0.95 * SYNTH_FRAMES <= final["instants"] <= SYNTH_FRAMES
+    expected_ok = 0
+    for m, k in zip(instants, frame_of, strict=True):
+        expect = set(VIEWS)
+        if k % 3 == 1:
+            expect.discard("cam04")
+        if 200 <= k < 260:
+            expect.discard("cam03")
+        # A view missing by construction is never in the instant, and said to be late.
+        assert set(m["views_used"]) <= expect, (k, m["views_used"])
+        assert all(m["views"][v] == "late" for v in set(VIEWS) - expect), (k, m["views"])
+        expected_ok += set(m["views_used"]) == expect
+        assert m["views_lost"] == {}
+    assert expected_ok >= 0.9 * len(instants), expected_ok
+    assert {p["id"] for m in instants for p in m["people"]} == {1}
+    views = {v["name"]: v for v in info["views"]}
+    back = [m for m, k in zip(instants, frame_of, strict=True) if k >= 260]
+    assert sum("cam03" in m["views_used"] for m in back) >= 0.9 * len(back)
+    assert views["cam03"]["state"] == "ended" and views["cam03"]["frames_fused"] >= 0.9 * 300
+    assert views["cam04"]["frames_fused"] <= SYNTH_FRAMES * 2 / 3 + 1
+
+
 def test_fewer_than_two_views_left_ends_the_rig_with_the_reason(server, data_dir) -> None:
     folder = data_dir / "live1"
     folder.mkdir(exist_ok=True)

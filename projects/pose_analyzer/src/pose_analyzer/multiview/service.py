@@ -122,7 +122,8 @@ def _inspect(source: Source) -> tuple[str, tuple[int, int] | None, float | None]
             if not frames:
                 raise SourceError(f"{source.text!r} holds no frames")
             times = np.array([f.t for f in frames])
-            fps = round(1.0 / float(np.median(np.diff(times))), 3) if len(frames) > 1 else None
+            # The shortest step is the frame period: a file with dropped frames has longer ones.
+            fps = round(1.0 / float(np.min(np.diff(times))), 3) if len(frames) > 1 else None
             return path.stem, (frames[0].width, frames[0].height), fps
         try:
             with open_video(path) as video:
@@ -486,12 +487,20 @@ class RigRunner:
                     head = view.pending[0]
                     if abs(head.poses.t - anchor) <= self.tolerance_s + 1e-9:
                         taken[view.name] = view.pending.popleft()
-                        view.frames_fused += 1
                     # Frames older than the instant can never be used: they were late.
                     while view.pending and view.pending[0].poses.t < anchor - self.tolerance_s:
                         view.pending.popleft()
                         view.frames_late += 1
                 self._cond.notify_all()
+                used = [v for v in waiting if v.name in taken]
+                if len(taken) < 2:
+                    # One view alone at this time (the others are ahead of it, or lag more
+                    # than a frame): nothing to fuse; its frame was late for the rig.
+                    for view in used:
+                        view.frames_late += 1
+                    continue
+                for view in used:
+                    view.frames_fused += 1
                 self._last_t = anchor
                 return anchor, taken
 
