@@ -137,8 +137,13 @@ def test_four_streams_in_a_2x2_grid_and_ended_cards_keep_their_summary(server, p
             )
             assert r.status_code == 201, r.text
     page.wait_for_function("() => document.querySelectorAll('.card').length === 4", timeout=60_000)
-    boxes = [page.locator(".card").nth(i).bounding_box() for i in range(4)]
-    assert all(b is not None for b in boxes)
+    # All four boxes in one layout pass: the cards grow while the streams run, so boxes
+    # read one call apart can come from different layouts.
+    boxes = page.evaluate(
+        "() => [...document.querySelectorAll('.card')].map(c => { const r ="
+        " c.getBoundingClientRect(); return {x: r.x, y: r.y, width: r.width, height: r.height}; })"
+    )
+    assert len(boxes) == 4
     xs = sorted({round(b["x"]) for b in boxes if b})
     ys = sorted({round(b["y"]) for b in boxes if b})
     assert len(xs) == 2 and len(ys) == 2, boxes  # two columns, two rows
