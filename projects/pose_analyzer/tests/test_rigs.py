@@ -454,3 +454,30 @@ def test_real_mediapipe_rig_on_the_four_demo_videos(data_dir: Path, tmp_path: Pa
     assert sum(len(m["people"]) == 1 for m in instants) >= 0.95 * len(instants)
     errors = [p["reprojection_error_px"] for m in instants for p in m["people"]]
     assert float(np.median(errors)) <= 10.0, np.median(errors)
+
+
+def test_storage_lost_mid_session_ends_the_rig_not_the_service(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """The database file goes away while a rig runs: its first rep cannot be stored, so
+    the rig ends `failed` saying why; the service keeps answering."""
+    db = tmp_path / "mid.db"
+    with running_server(data_dir, f"sqlite:///{db}") as srv, srv.client() as client:
+        rig = _rig(client, "synth", realtime=True)
+        gone: list[int] = []
+
+        def on_message(msg: dict) -> None:
+            if not gone and not msg.get("final") and msg["instant"] >= 30:
+                db.unlink()  # before the first rep completes (about 2 s in)
+                gone.append(msg["instant"])
+
+        messages = asyncio.run(_follow(_ws(srv, rig["id"]), on_message))
+        final = messages[-1]
+        info = client.get(f"/rigs/{rig['id']}").json()
+        assert client.get("/rigs").status_code == 200
+        assert client.get("/exercises").status_code == 200
+    assert gone and final["final"] and final["state"] == "failed"
+    assert "StorageUnavailable" in final["reason"]
+    assert info["state"] == "failed" and info["reps"] == 0
+    # It ended at the first rep, long before the views did.
+    assert final["instants"] < SYNTH_FRAMES - 60
