@@ -19,6 +19,7 @@ message and in `describe()`; with fewer than two it ends with the reason.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import math
 import threading
@@ -284,7 +285,7 @@ class RigRunner:
                 reconnect_initial_s=config.reconnect_initial_s,
                 reconnect_max_s=config.reconnect_max_s,
                 connect_timeout_s=config.connect_timeout_s,
-                on_state=lambda s, r, name=spec.name: self._on_state(name, s, r),
+                on_state=functools.partial(self._on_state, spec.name),
             )
             self.views.append(View(spec, reader, shared=shared_detector, size=spec.size))
         self._shared = shared_detector
@@ -328,8 +329,8 @@ class RigRunner:
 
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        await asyncio.to_thread(self._load_detectors)
         try:
+            await asyncio.to_thread(self._load_detectors)
             await asyncio.to_thread(
                 self.db.start_session,
                 self.id,
@@ -368,8 +369,17 @@ class RigRunner:
         self._stop.set()
         with self._cond:
             self._cond.notify_all()
-        await asyncio.to_thread(lambda: [v.reader.stop() for v in self.views])
+        await asyncio.to_thread(self._stop_readers, 5.0)
         await self.finished.wait()
+
+    def _stop_readers(self, timeout: float) -> None:
+        for view in self.views:
+            view.reader.stop(timeout)
+
+    def _join_workers(self, timeout: float) -> None:
+        for view in self.views:
+            if view.thread is not None:
+                view.thread.join(timeout)
 
     # -- per view: read -> detect -> hand over ---------------------------------------
 
@@ -665,12 +675,9 @@ class RigRunner:
         self._stop.set()  # workers waiting for room (lockstep) give up
         with self._cond:
             self._cond.notify_all()
-        for view in self.views:
-            await asyncio.to_thread(view.reader.stop, 2.0)
+        await asyncio.to_thread(self._stop_readers, 2.0)
         # No detection may still run on a detector that is about to close.
-        await asyncio.to_thread(
-            lambda: [v.thread.join(10) for v in self.views if v.thread is not None]
-        )
+        await asyncio.to_thread(self._join_workers, 10.0)
         lost = {v.name: v.lost_reason for v in self.views if v.lost_reason}
         # Views that stopped with the rig's end (not before it): what they said.
         last = {
