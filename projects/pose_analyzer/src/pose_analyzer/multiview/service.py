@@ -832,6 +832,7 @@ class RigManager:
             BACKENDS,
             StreamLimitError,
             StreamStartError,
+            _probe_camera,
             check_model,
         )
 
@@ -849,6 +850,9 @@ class RigManager:
             )
         policy = self.streams.policy
         parsed = [await asyncio.to_thread(parse_source, s, data_dir, policy) for s in sources]
+        for p in parsed:
+            if p.kind == "camera":  # a camera that does not open is a 400 now
+                await asyncio.to_thread(_probe_camera, p)
         texts = [p.text for p in parsed]
         if len(set(map(str, (p.target for p in parsed)))) != len(parsed):
             raise RigRequestError(f"the same source is given twice: {texts}")
