@@ -232,3 +232,33 @@ def test_a_worker_node_killed_mid_job_is_retried_and_stored_once(
                 assert sorted(indices) == sorted(set(indices)) and len(indices) == LONG_REPS
     finally:
         doomed.kill()
+
+
+def test_a_service_restart_runs_its_ray_jobs_again_once(
+    ray_cluster: RayCluster, uploads: dict[str, bytes], tmp_path: Path
+) -> None:
+    """SIGKILL of the service mid-job: Ray ends the dead driver's task, the restart runs it once."""
+    env = {"AIML_RAY_ADDRESS": ray_cluster.address, **ray_cluster.env()}
+    first = _server(tmp_path, "restart", **env)
+    try:
+        with first.client() as http:
+            job_id = _submit(http, "long.jsonl", uploads["long.jsonl"])
+            assert wait_until(
+                lambda: http.get(f"/jobs/{job_id}").json()["frames_done"] > 0, 120, 0.05
+            )
+            assert _task_processes(ray_cluster), "no worker is running the upload task"
+        first.kill()
+        # The task belonged to the dead driver: Ray ends it, nothing runs it twice.
+        assert wait_until(lambda: not _task_processes(ray_cluster), 60), "orphan task running"
+    finally:
+        first.kill()
+    second = Server(first.data_dir, first.database_url, **env).start()
+    try:
+        with second.client() as http:
+            job = _ended(http, job_id)
+            assert job["state"] == "succeeded", job
+            assert _reps(job["report"]) == {1: LONG_REPS}
+            assert http.get(f"/sessions/{job_id}").json()["rep_count"] == LONG_REPS
+            assert len(http.get("/jobs").json()) == 1
+    finally:
+        second.stop()
