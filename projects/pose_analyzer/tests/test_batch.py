@@ -241,6 +241,51 @@ def test_killing_a_nodes_raylet_mid_batch_loses_and_duplicates_nothing(
     assert dupes == []
 
 
+def test_running_tasks_report_their_frames_to_the_driver(
+    cluster: RayCluster, tmp_path: Path
+) -> None:
+    """Per-frame progress from the Ray tasks (what the bar's frames row draws), per video."""
+    folder = tmp_path / "long"
+    folder.mkdir()
+    totals = {}
+    for reps in (40, 50):
+        recording = make_recording("squat", reps)
+        path = recording.write(folder / f"squat{reps}.jsonl")
+        totals[str(path)] = len(recording.frames)
+    events: list[tuple[str, str, dict[str, object]]] = []
+
+    def on_event(kind: str, subject: object, info: dict[str, object]) -> None:
+        events.append((kind, subject.video, dict(info)))  # type: ignore[attr-defined]
+
+    db = Database(_db_url(tmp_path))
+    upgrade(db.engine)
+    try:
+        result = run_batch(
+            discover(str(folder)),
+            tmp_path / "batch",
+            BatchOptions(exercise="squat"),
+            database=db,
+            cluster=cluster.address,
+            progress=False,
+            on_event=on_event,
+        )
+    finally:
+        db.dispose()
+    assert [o.status for o in result.outcomes] == ["done", "done"]
+    for video, total in totals.items():
+        kinds = [k for k, v, _ in events if v == video]
+        # started, then progress while it runs, then finished: nothing after the end.
+        assert kinds[0] == "started" and kinds[-1] == "finished", kinds
+        done = [int(i["frames_done"]) for k, v, i in events if v == video and k == "progress"]
+        assert done, f"no progress from the task analysing {video}"
+        assert all(i["frames_total"] == total for k, v, i in events
+                   if v == video and k == "progress")  # fmt: skip
+        assert done == sorted(done) and len(set(done)) == len(done)  # one attempt, forward
+        assert any(0 < d < total for d in done) and done[-1] <= total, (done, total)
+        finished = next(o for o in result.outcomes if o.video == video)
+        assert finished.report is not None and finished.report["frames"] == total
+
+
 def test_batch_with_nothing_to_analyze_says_so(tmp_path: Path, capsys) -> None:
     rc, _, err = _batch(
         capsys, str(tmp_path / "*.mp4"), "--exercise", "squat", "--out", str(tmp_path / "o"),
