@@ -57,6 +57,10 @@ class JobFailed(Exception):
     """The job failed for a reason its message says (a task's user error, a timeout)."""
 
 
+# A job ending on one of these fails with the exception's message as its reason.
+_FAILURES: tuple[type[BaseException], ...] = (*USER_ERRORS, JobFailed)
+
+
 @dataclass
 class _Active:
     """What only the running process knows about a job: its live progress and cancel flag."""
@@ -275,7 +279,7 @@ class JobRunner:
             state = "succeeded"
         except JobCancelled:
             state, error = "cancelled", "cancelled by request"
-        except (*USER_ERRORS, JobFailed) as exc:
+        except _FAILURES as exc:
             error = str(exc)
         except Exception as exc:  # the job fails, the service goes on
             log.exception("analysis job %s failed", job.id)

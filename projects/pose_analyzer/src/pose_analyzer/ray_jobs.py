@@ -91,7 +91,7 @@ def analyze_upload(spec: dict[str, Any], data: bytes, progress: Any) -> dict[str
     node_id = ray.get_runtime_context().get_node_id()
     pid = os.getpid()
     progress.started.remote(job_id, node_id, pid)
-    state = {"done": 0, "total": None, "sent": 0.0}
+    state: dict[str, Any] = {"done": 0, "total": None, "sent": 0.0}
 
     def on_total(total: int | None) -> None:
         state["total"] = total
@@ -105,6 +105,7 @@ def analyze_upload(spec: dict[str, Any], data: bytes, progress: Any) -> dict[str
             progress.frames.remote(job_id, pid, state["done"], state["total"])
 
     models_dir = worker_models_dir()
+    user_errors: tuple[type[BaseException], ...] = (*USER_ERRORS, StreamRequestError)
     backend, model = spec["backend"], spec["model"]
     try:
         if backend != "replay":
@@ -129,7 +130,7 @@ def analyze_upload(spec: dict[str, Any], data: bytes, progress: Any) -> dict[str
                 on_total=on_total,
             )
             files = {p.name: p.read_bytes() for p in sorted(out.iterdir()) if p.is_file()}
-    except (*USER_ERRORS, StreamRequestError) as exc:
+    except user_errors as exc:
         where = f" (models directory {models_dir} on Ray node {node_id[:12]})"
         message = str(exc)
         if backend != "replay" and isinstance(exc, (FileNotFoundError, StreamRequestError)):
