@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
@@ -252,7 +253,7 @@ def test_running_tasks_report_their_frames_to_the_driver(
         recording = make_recording("squat", reps)
         path = recording.write(folder / f"squat{reps}.jsonl")
         totals[str(path)] = len(recording.frames)
-    events: list[tuple[str, str, dict[str, object]]] = []
+    events: list[tuple[str, str, dict[str, Any]]] = []
     midway: list[int] = []
 
     def on_event(kind: str, subject: object, info: dict[str, object]) -> None:
