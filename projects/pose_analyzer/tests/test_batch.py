@@ -213,7 +213,7 @@ def test_killing_a_nodes_raylet_mid_batch_loses_and_duplicates_nothing(
         )
     finally:
         db.dispose()
-        doomed.kill()
+        cluster.remove_node(doomed)
     assert killed, "no task ever started on the doomed node"
     assert [o.status for o in result.outcomes] == ["done"] * 7, [
         (o.error, o.attempts, doomed_id) for o in result.outcomes
@@ -245,16 +245,17 @@ def test_killing_a_nodes_raylet_mid_batch_loses_and_duplicates_nothing(
 def test_running_tasks_report_their_frames_to_the_driver(
     cluster: RayCluster, tmp_path: Path
 ) -> None:
-    """Per-frame progress from the Ray tasks (what the bar's frames row draws), per video."""
-    folder = tmp_path / "long"
+    """Per-frame progress from the Ray tasks (what the bar's frames row draws), per video:
+    two 100-frame Pose2Sim views through MediaPipe, which detects frame by frame."""
+    samples = Path(__file__).resolve().parents[3] / "data" / "samples" / "pose2sim" / "single"
+    folder = tmp_path / "videos"
     folder.mkdir()
     totals = {}
-    for reps in (120, 150):  # ~10k frames each: long enough to be seen mid-way
-        recording = make_recording("squat", reps)
-        path = recording.write(folder / f"squat{reps}.jsonl")
-        totals[str(path)] = len(recording.frames)
+    for cam in ("cam01", "cam02"):
+        path = folder / f"{cam}.mp4"
+        path.write_bytes((samples / f"{cam}.mp4").read_bytes())
+        totals[str(path)] = 100
     events: list[tuple[str, str, dict[str, Any]]] = []
-    midway: list[int] = []
 
     def on_event(kind: str, subject: object, info: dict[str, object]) -> None:
         events.append((kind, subject.video, dict(info)))  # type: ignore[attr-defined]
@@ -265,7 +266,7 @@ def test_running_tasks_report_their_frames_to_the_driver(
         result = run_batch(
             discover(str(folder)),
             tmp_path / "batch",
-            BatchOptions(exercise="squat"),
+            BatchOptions(exercise="squat", backend="mediapipe", model="lite"),
             database=db,
             cluster=cluster.address,
             progress=False,
@@ -273,22 +274,19 @@ def test_running_tasks_report_their_frames_to_the_driver(
         )
     finally:
         db.dispose()
-    assert [o.status for o in result.outcomes] == ["done", "done"]
+    assert [o.status for o in result.outcomes] == ["done", "done"], result.outcomes
     for video, total in totals.items():
         kinds = [k for k, v, _ in events if v == video]
         # started, then progress while it runs, then finished: nothing after the end.
         assert kinds[0] == "started" and kinds[-1] == "finished", kinds
-        done = [int(i["frames_done"]) for k, v, i in events if v == video and k == "progress"]
-        assert done, f"no progress from the task analysing {video}"
-        assert all(i["frames_total"] == total for k, v, i in events
-                   if v == video and k == "progress")  # fmt: skip
+        progress = [i for k, v, i in events if v == video and k == "progress"]
+        assert all(i["frames_total"] == total for i in progress)
+        done = [int(i["frames_done"]) for i in progress]
         assert done == sorted(done) and len(set(done)) == len(done)  # one attempt, forward
-        assert done[0] >= 0 and done[-1] <= total, (done, total)
-        midway.extend(d for d in done if 0 < d < total)
+        # Frames counted while the video was being detected, not only when it ended.
+        assert len([d for d in done if 0 < d < total]) >= 2, (done, total)
         finished = next(o for o in result.outcomes if o.video == video)
         assert finished.report is not None and finished.report["frames"] == total
-    # Frames counted while a video was still running, not only when it ended.
-    assert midway, events
 
 
 def test_batch_with_nothing_to_analyze_says_so(tmp_path: Path, capsys) -> None:

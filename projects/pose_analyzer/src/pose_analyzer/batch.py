@@ -203,7 +203,8 @@ def task_body(
 
     def on_frame(frame: Any) -> None:
         now = time.monotonic()
-        if events is not None and now - sent[0] >= FRAMES_EVERY_S:
+        last = frame.index + 1 == item.frames  # then the analysis proper follows
+        if events is not None and (now - sent[0] >= FRAMES_EVERY_S or last):
             sent[0] = now
             events.frames.remote(item.key, pid, frame.index + 1)
 

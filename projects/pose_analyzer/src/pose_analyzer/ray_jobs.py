@@ -100,7 +100,9 @@ def analyze_upload(spec: dict[str, Any], data: bytes, progress: Any) -> dict[str
     def on_frame(frame: Any) -> None:
         state["done"] = frame.index + 1
         now = time.monotonic()
-        if now - float(state["sent"]) >= PROGRESS_EVERY_S:
+        # Throttled, and once when the last frame is in (the analysis proper follows:
+        # for a keypoint file nearly all of the time, for a video the detection is).
+        if now - float(state["sent"]) >= PROGRESS_EVERY_S or state["done"] == state["total"]:
             state["sent"] = now
             progress.frames.remote(job_id, pid, state["done"], state["total"])
 
