@@ -15,8 +15,15 @@ is only the analysis and Ray's costs dominate. Measured side by side in one run:
 - the round trip of an empty task (submit, run, get) on the local Ray, one at a
   time, and the throughput of many in flight.
 
+``--only jobs`` measures the pose service's upload job instead (jobs.py
+``JobRunner``, in this process, without HTTP): the same keypoint upload as a
+local job (the service's thread pool) and as a Ray job (ray_jobs.py, a local
+Ray with 2 CPUs), alternated, submit to the job row's end, median of the
+repeats after one warm-up job each; the Ray job's overhead is the difference.
+
 Usage: python bench/bench_ray.py [--workers 1,2,3] [--repeats 3] [--source videos|keypoints]
-Writes bench/results/ray.json.
+       python bench/bench_ray.py --only jobs [--repeats 15]
+Writes bench/results/ray.json (batch) or bench/results/ray_jobs.json (jobs).
 """
 
 from __future__ import annotations
@@ -136,6 +143,74 @@ def _task_overhead(rounds: int, burst: int) -> dict[str, float]:
     }
 
 
+def _job_overhead(repeats: int, root: Path) -> dict[str, object]:
+    """One upload as a local job and as a Ray job, alternated: submit to the row's end."""
+    from gpu_optimizer.cluster import connect
+    from pose_analyzer.exercises import get_exercise
+    from pose_analyzer.jobs import JobRunner
+    from pose_analyzer.metrics import PoseMetrics, create_registry
+    from pose_analyzer.settings import Settings
+    from pose_analyzer.storage import Database
+
+    clip = _clips(root / "clips")[0]  # pose2sim_multi_cam02: real MediaPipe keypoints
+    exercise = get_exercise("squat")
+    db = Database(f"sqlite:///{root / 'jobs.db'}")
+    db.migrate()
+    conn = connect("local", num_cpus=2)
+    runners = {
+        name: JobRunner(
+            db,
+            PoseMetrics(create_registry()),
+            root / name,
+            Settings().models_dir,
+            ray_address="(this process's local Ray)" if name == "ray" else None,
+        )
+        for name in ("local", "ray")
+    }
+    times: dict[str, list[float]] = {"local": [], "ray": []}
+    reports: dict[str, dict[str, object]] = {}
+
+    def one(name: str, i: int) -> float:
+        upload = root / f"{name}-{i}{clip.suffix}"
+        upload.write_bytes(clip.read_bytes())
+        start = time.perf_counter()
+        job = runners[name].submit(upload, clip.name, exercise, "replay", None)
+        while (row := db.get_job(job["id"])) is not None and row.state in ("queued", "running"):
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - start
+        assert row is not None and row.state == "succeeded", (name, row and row.error)
+        described = runners[name].describe_id(job["id"]) or {}
+        reports[name] = described["report"]
+        return elapsed
+
+    try:
+        warm = {name: one(name, -1) for name in runners}  # Ray: starts and imports a worker
+        for i in range(repeats):
+            for name in ("local", "ray") if i % 2 == 0 else ("ray", "local"):
+                times[name].append(one(name, i))
+    finally:
+        for runner in runners.values():
+            runner.shutdown()
+        db.dispose()
+        conn.close()
+    assert reports["local"] == reports["ray"], "the Ray job's report differs from the local one"
+    local, on_ray = statistics.median(times["local"]), statistics.median(times["ray"])
+    frames = reports["ray"]["frames"]
+    return {
+        "upload": clip.name,
+        "frames": frames,
+        "repeats": repeats,
+        "first_job_s": {k: round(v, 3) for k, v in warm.items()},
+        "local_job_s": [round(t, 4) for t in times["local"]],
+        "ray_job_s": [round(t, 4) for t in times["ray"]],
+        "local_job_median_s": round(local, 4),
+        "ray_job_median_s": round(on_ray, 4),
+        "ray_overhead_median_s": round(on_ray - local, 4),
+        "ray_vs_local": round(on_ray / local, 3),
+        "reports_equal": True,
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", default="1,2,3", help="local Ray worker counts")
@@ -146,7 +221,24 @@ def main() -> int:
         default="videos",
         help="videos: 6 Pose2Sim views through MediaPipe; keypoints: the exported files, replayed",
     )
+    parser.add_argument("--only", choices=("batch", "jobs"), default="batch")
     args = parser.parse_args()
+    if args.only == "jobs":
+        repeats = args.repeats if args.repeats != 3 else 15
+        with tempfile.TemporaryDirectory(prefix="bench-ray-jobs-") as tmp:
+            (Path(tmp) / "clips").mkdir()
+            jobs = _job_overhead(repeats, Path(tmp))
+        jobs = {
+            "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                        "note": "2-core machine shared with other jobs while measured"},
+            **jobs,
+            "command": f"python bench/bench_ray.py --only jobs --repeats {repeats}",
+        }  # fmt: skip
+        out = RESULTS.with_name("ray_jobs.json")
+        out.write_text(json.dumps(jobs, indent=2) + "\n")
+        print(json.dumps(jobs, indent=2))
+        return 0
     workers = [int(w) for w in args.workers.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-ray-") as tmp:
         root = Path(tmp)

@@ -190,6 +190,12 @@ class RayCluster:
         self.wait_nodes(len(self.nodes), timeout)
         return node
 
+    def remove_node(self, node: RayNode) -> None:
+        """Kill a node (what is left of it after a test killed its raylet) and forget it,
+        so the next add_node waits for the nodes that are meant to be alive."""
+        node.kill()
+        self.nodes.remove(node)
+
     def alive_nodes(self) -> list[dict[str, object]]:
         import ray
 

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, func, select, text
@@ -212,7 +213,7 @@ def test_killing_a_nodes_raylet_mid_batch_loses_and_duplicates_nothing(
         )
     finally:
         db.dispose()
-        doomed.kill()
+        cluster.remove_node(doomed)
     assert killed, "no task ever started on the doomed node"
     assert [o.status for o in result.outcomes] == ["done"] * 7, [
         (o.error, o.attempts, doomed_id) for o in result.outcomes
@@ -239,6 +240,53 @@ def test_killing_a_nodes_raylet_mid_batch_loses_and_duplicates_nothing(
         ).all()
     engine.dispose()
     assert dupes == []
+
+
+def test_running_tasks_report_their_frames_to_the_driver(
+    cluster: RayCluster, tmp_path: Path
+) -> None:
+    """Per-frame progress from the Ray tasks (what the bar's frames row draws), per video:
+    two 100-frame Pose2Sim views through MediaPipe, which detects frame by frame."""
+    samples = Path(__file__).resolve().parents[3] / "data" / "samples" / "pose2sim" / "single"
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    totals = {}
+    for cam in ("cam01", "cam02"):
+        path = folder / f"{cam}.mp4"
+        path.write_bytes((samples / f"{cam}.mp4").read_bytes())
+        totals[str(path)] = 100
+    events: list[tuple[str, str, dict[str, Any]]] = []
+
+    def on_event(kind: str, subject: object, info: dict[str, object]) -> None:
+        events.append((kind, subject.video, dict(info)))  # type: ignore[attr-defined]
+
+    db = Database(_db_url(tmp_path))
+    upgrade(db.engine)
+    try:
+        result = run_batch(
+            discover(str(folder)),
+            tmp_path / "batch",
+            BatchOptions(exercise="squat", backend="mediapipe", model="lite"),
+            database=db,
+            cluster=cluster.address,
+            progress=False,
+            on_event=on_event,
+        )
+    finally:
+        db.dispose()
+    assert [o.status for o in result.outcomes] == ["done", "done"], result.outcomes
+    for video, total in totals.items():
+        kinds = [k for k, v, _ in events if v == video]
+        # started, then progress while it runs, then finished: nothing after the end.
+        assert kinds[0] == "started" and kinds[-1] == "finished", kinds
+        progress = [i for k, v, i in events if v == video and k == "progress"]
+        assert all(i["frames_total"] == total for i in progress)
+        done = [int(i["frames_done"]) for i in progress]
+        assert done == sorted(done) and len(set(done)) == len(done)  # one attempt, forward
+        # Frames counted while the video was being detected, not only when it ended.
+        assert len([d for d in done if 0 < d < total]) >= 2, (done, total)
+        finished = next(o for o in result.outcomes if o.video == video)
+        assert finished.report is not None and finished.report["frames"] == total
 
 
 def test_batch_with_nothing_to_analyze_says_so(tmp_path: Path, capsys) -> None:

@@ -43,6 +43,8 @@ SUMMARY_FIELDS = ("video", "athlete", "reps", "mean_score", "faults", "status", 
 # every worker busy, few enough that shipped inputs do not fill the object store.
 IN_FLIGHT_PER_CPU = 2
 HASH_CHUNK = 1 << 20
+# A task reports its frames done to the driver at most this often (and once at the end).
+FRAMES_EVERY_S = 0.25
 
 
 class BatchError(ValueError):
@@ -57,6 +59,7 @@ def analyze_file(
     model: str | None,
     out_dir: Path,
     video: bool,
+    on_frame: Callable[[Any], None] | None = None,
 ) -> Any:
     """One recording, exactly as `pose-analyzer analyze` runs it: the one place to re-point.
 
@@ -72,6 +75,7 @@ def analyze_file(
         out_dir=out_dir,
         video=video,
         progress=False,
+        on_frame=on_frame,
     )
     return report
 
@@ -194,8 +198,18 @@ def task_body(
 
     context = ray.get_runtime_context()
     node_id = context.get_node_id()
+    pid = os.getpid()
+    sent = [0.0]
+
+    def on_frame(frame: Any) -> None:
+        now = time.monotonic()
+        last = frame.index + 1 == item.frames  # then the analysis proper follows
+        if events is not None and (now - sent[0] >= FRAMES_EVERY_S or last):
+            sent[0] = now
+            events.frames.remote(item.key, pid, frame.index + 1)
+
     if events is not None:
-        events.started.remote(item.key, node_id, os.getpid())
+        events.started.remote(item.key, node_id, pid)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="pose-batch-") as scratch:
         source = item.path
@@ -211,7 +225,10 @@ def task_body(
             model=options.model,
             out_dir=out,
             video=options.video,
+            on_frame=on_frame,
         )
+        if events is not None:
+            events.frames.remote(item.key, pid, int(report.frames))
         if report.input != item.video:
             # The report names the recording as the user did, wherever the task read it.
             report.input = item.video
@@ -227,17 +244,24 @@ def task_body(
 
 
 class _Events:
-    """A tiny actor on the driver's node: which task started where (progress, attempts)."""
+    """A tiny actor on the driver's node: which task started where (attempts), and the
+    frames each running task has done (the progress bar's frames, while videos run)."""
 
     def __init__(self) -> None:
         self.pending: list[tuple[str, str, int]] = []
+        self.done: dict[str, tuple[int, int]] = {}  # key -> (pid of the attempt, frames)
 
     def started(self, key: str, node_id: str, pid: int) -> None:
         self.pending.append((key, node_id, pid))
+        self.done[key] = (pid, 0)
 
-    def drain(self) -> list[tuple[str, str, int]]:
+    def frames(self, key: str, pid: int, done: int) -> None:
+        if self.done.get(key, (pid, 0))[0] == pid:  # a stale attempt does not count
+            self.done[key] = (pid, done)
+
+    def drain(self) -> tuple[list[tuple[str, str, int]], dict[str, int]]:
         out, self.pending = self.pending, []
-        return out
+        return out, {key: frames for key, (_, frames) in self.done.items()}
 
 
 # -- results ------------------------------------------------------------------------
@@ -462,8 +486,11 @@ def run_batch(
     """Analyse ``paths`` on Ray, write DIR/<name>/, summary.csv, batch.json and the database.
 
     ``on_event(kind, subject, info)`` is called on the driver for "started"
-    (a task began on a node; subject is the BatchInput) and "finished"
-    (subject is the VideoOutcome), e.g. to follow or disturb a batch.
+    (a task began on a node; subject is the BatchInput), "progress" (a running
+    task's frames: info has frames_done and frames_total, the count read up
+    front; reported about four times a second) and "finished" (subject is the
+    VideoOutcome), e.g. to follow or disturb a batch. The progress bar (videos
+    and frames) draws from the same events.
     """
     from gpu_optimizer.cluster import connect
 
@@ -569,6 +596,7 @@ def _run_tasks(
     running: dict[Any, BatchInput] = {}
     started_at: dict[str, float] = {}
     node_of: dict[str, str] = {}
+    live: dict[str, int] = {}  # frames done by each running task, as it last reported
     attempts: dict[str, list[dict[str, Any]]] = {item.key: [] for item in todo}
     total_frames = sum(i.frames or 0 for i in items) or None
     done_frames = sum(
@@ -593,13 +621,23 @@ def _run_tasks(
                 shipped = ray.put(item.path.read_bytes()) if ship else None
                 running[remote.remote(item, options, shipped, events)] = item
             ready, _ = ray.wait(list(running), num_returns=1, timeout=0.2)
-            for key, node_id, pid in ray.get(events.drain.remote()):
+            starts, frames_now = ray.get(events.drain.remote())
+            for key, node_id, pid in starts:
                 attempts[key].append({"node_id": node_id, "pid": pid})
                 started_at[key], node_of[key] = time.monotonic(), node_id
                 if on_event is not None:
                     on_event("started", by_key[key], {"node_id": node_id, "pid": pid})
+            running_keys = {i.key for i in running.values()}
+            for key, frames in frames_now.items():
+                if key in running_keys and live.get(key) != frames:
+                    live[key] = frames
+                    if on_event is not None:
+                        total = by_key[key].frames
+                        on_event("progress", by_key[key], {"frames_done": frames,
+                                                           "frames_total": total})  # fmt: skip
             for ref in ready:
                 item = running.pop(ref)
+                live.pop(item.key, None)
                 try:
                     result = ray.get(ref)
                 except lost as exc:
@@ -635,8 +673,10 @@ def _run_tasks(
                     if began is not None and now - began > options.timeout_s:
                         ray.cancel(ref, force=True)
                         running.pop(ref)
+                        live.pop(item.key, None)
                         fail(item, f"timed out after {options.timeout_s:g} s")
             busy = Counter(node_of[i.key][:8] for i in running.values() if i.key in node_of)
             text = ", ".join(f"{n} on node {node}" for node, n in sorted(busy.items()))
-            update(len(outcomes), done_frames, f"(running {text})" if text else "")
+            frames_running = sum(live.get(i.key, 0) for i in running.values())
+            update(len(outcomes), done_frames + frames_running, f"(running {text})" if text else "")
     ray.kill(events)

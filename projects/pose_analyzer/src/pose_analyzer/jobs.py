@@ -11,6 +11,11 @@ session and its reps in the database like a live stream's, and deleting the
 upload when the job ends (after ``upload_retention_s``). The analysis goes
 through the same driver as `pose-analyzer analyze` (recordings.py, the
 engine's offline entry).
+
+With a Ray address (``AIML_RAY_ADDRESS``) the analysis runs as a Ray task on
+the cluster instead of in this process (ray_jobs.py); everything else here,
+the states, cancellation, the timeout, the row, the session and the files, is
+the same code for both.
 """
 
 from __future__ import annotations
@@ -39,10 +44,21 @@ log = logging.getLogger(__name__)
 
 JOB_STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 PROGRESS_WRITE_S = 1.0
+RAY_POLL_S = 0.25
+# Threads that wait on Ray tasks (they only wait: the cluster queues and runs the work).
+RAY_JOB_THREADS = 32
 
 
 class JobCancelled(Exception):
     pass
+
+
+class JobFailed(Exception):
+    """The job failed for a reason its message says (a task's user error, a timeout)."""
+
+
+# A job ending on one of these fails with the exception's message as its reason.
+_FAILURES: tuple[type[BaseException], ...] = (*USER_ERRORS, JobFailed)
 
 
 @dataclass
@@ -61,6 +77,8 @@ class _Active:
     progress: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
     last_write: float = 0.0
+    started: float | None = None  # monotonic, when the analysis began (the timeout's start)
+    node_id: str | None = None  # the Ray node running it (Ray jobs only)
 
 
 class JobRunner:
@@ -73,6 +91,8 @@ class JobRunner:
         workers: int = 1,
         upload_retention_s: float = 0.0,
         exercises: Any = None,
+        ray_address: str | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self.db = db
         self.metrics = metrics
@@ -82,6 +102,14 @@ class JobRunner:
         self._exercises = exercises  # an ExerciseCatalog, for jobs recovered at start
         self._active: dict[str, _Active] = {}
         self._lock = threading.Lock()
+        self.timeout_s = timeout_s or None
+        self.ray_address = ray_address or None
+        self._ray: Any = None
+        if ray_address:
+            from pose_analyzer.ray_jobs import RayJobs
+
+            self._ray = RayJobs(ray_address)
+            workers = max(workers, RAY_JOB_THREADS)
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="analysis-job")
 
     # -- API ----------------------------------------------------------------------------
@@ -181,6 +209,7 @@ class JobRunner:
             "progress": round(active.progress if running and active else row.progress, 4),
             "frames_done": active.frames_done if running and active else row.frames_done,
             "frames_total": active.frames_total if running and active else row.frames_total,
+            "node_id": active.node_id if running and active else None,
             "error": row.error,
             "created_at": _utc(row.created_at),
             "started_at": _utc(row.started_at),
@@ -229,7 +258,8 @@ class JobRunner:
         try:
             if job.cancel.is_set():
                 raise JobCancelled
-            self.db.update_job(job.id, state="running", started_at=utcnow())
+            if self._ray is None:  # a Ray job is running once its task has started
+                self.db.update_job(job.id, state="running", started_at=utcnow())
             # A job analysed again after a restart starts its session afresh.
             self.db.delete_session(job.id)
             self.db.start_session(
@@ -239,7 +269,7 @@ class JobRunner:
                 exercise=job.exercise.name,
                 backend=job.backend,
             )
-            report = self._analyze(job)
+            report = self._analyze_on_ray(job) if self._ray is not None else self._analyze(job)
             for person in report.people:
                 for rep in person.reps:
                     self.db.add_rep(job.id, person.id, rep.to_dict(), job.frames_done)
@@ -249,7 +279,7 @@ class JobRunner:
             state = "succeeded"
         except JobCancelled:
             state, error = "cancelled", "cancelled by request"
-        except USER_ERRORS as exc:
+        except _FAILURES as exc:
             error = str(exc)
         except Exception as exc:  # the job fails, the service goes on
             log.exception("analysis job %s failed", job.id)
@@ -275,6 +305,10 @@ class JobRunner:
                 values["progress"] = 1.0
             if self.db.finish_job(job.id, state, **values):
                 self.metrics.jobs.labels(state).inc()
+            else:  # cancelled by request meanwhile: keep how far it got
+                self.db.update_job(
+                    job.id, frames_done=job.frames_done, frames_total=job.frames_total
+                )
             if self.upload_retention_s <= 0:
                 self._drop_upload(job.id, str(job.input))
             else:
@@ -285,12 +319,23 @@ class JobRunner:
         finally:
             with self._lock:
                 self._active.pop(job.id, None)
+            if self._ray is not None:
+                self._ray.forget(job.id)
             release_memory()
 
     def _on_frame(self, job: _Active, frame: FramePoses) -> None:
         if job.cancel.is_set():
             raise JobCancelled
-        job.frames_done = frame.index + 1
+        self._check_timeout(job)
+        self._progress(job, frame.index + 1, job.frames_total)
+
+    def _check_timeout(self, job: _Active) -> None:
+        started, limit = job.started, self.timeout_s
+        if limit is not None and started is not None and time.monotonic() - started > limit:
+            raise JobFailed(f"timed out after {limit:g} s (POSE_JOB_TIMEOUT_S)")
+
+    def _progress(self, job: _Active, done: int, total: int | None) -> None:
+        job.frames_done, job.frames_total = done, total
         if job.frames_total:
             job.progress = min(job.frames_done / job.frames_total, 0.99)
         now = time.monotonic()
@@ -307,31 +352,143 @@ class JobRunner:
                 log.warning("job %s: progress not stored: %s", job.id, exc)
 
     def _analyze(self, job: _Active) -> Report:
-        """The analysis of one upload: the same driver as `pose-analyzer analyze`
-        (recordings.py), the upload in, a Report and its files out."""
+        """The analysis of one upload in this process."""
 
         def on_total(total: int | None) -> None:
             job.frames_total = total
 
-        options: dict[str, Any] = (
-            {"mode": "video", "models_dir": self.models_dir} if job.backend == "mediapipe" else {}
-        )
-        if job.backend != "replay":
-            options["refine"] = True  # as the CLI does offline (recordings.run_analysis)
-        analysis, _, _ = analyze_input(
+        job.started = time.monotonic()
+        return analyze_upload_file(
             job.input,
+            job.filename,
             job.exercise,
-            backend=job.backend,
-            model=job.model,
-            detector_options=options,
-            progress=False,
+            job.backend,
+            job.model,
+            self.models_dir,
+            job.out_dir,
             on_frame=lambda frame: self._on_frame(job, frame),
             on_total=on_total,
         )
-        report = analysis.report
-        report.input = job.filename
-        write_outputs(report, job.exercise, job.out_dir)
+
+    def _analyze_on_ray(self, job: _Active) -> Report:
+        """The analysis of one upload as a Ray task (ray_jobs.py); its files written here.
+
+        Ray retries a task whose worker or node died once (``max_retries=1``); a result
+        lost with its node before it was fetched is submitted once more from here.
+        Whatever ran, only the result fetched here is stored, once, under the job's id.
+        """
+        import ray
+
+        ray_jobs = self._ray
+        spec = {
+            "job_id": job.id,
+            "filename": job.filename,
+            "suffix": job.input.suffix,
+            "exercise": job.exercise,
+            "backend": job.backend,
+            "model": job.model,
+        }
+        try:
+            data = ray_jobs.put(job.input.read_bytes())
+        except OSError as exc:
+            raise JobFailed(f"the upload cannot be read: {exc.strerror}") from None
+        lost = (
+            ray.exceptions.ObjectLostError,
+            ray.exceptions.WorkerCrashedError,
+            ray.exceptions.NodeDiedError,
+        )
+        for resubmit in (False, True):
+            ref = ray_jobs.submit(spec, data)
+            try:
+                result = self._wait_ray(job, ref)
+                break
+            except ray.exceptions.TaskCancelledError:
+                raise JobCancelled from None
+            except lost as exc:
+                if resubmit:
+                    raise JobFailed(f"the Ray task was lost twice: {_first_line(exc)}") from None
+                log.warning("job %s: Ray task lost (%s); submitting it again", job.id, exc)
+            except ray.exceptions.RayTaskError as exc:
+                from pose_analyzer.ray_jobs import TaskUserError
+
+                cause = getattr(exc, "cause", None)
+                if isinstance(cause, TaskUserError):
+                    raise JobFailed(str(cause)) from None
+                if cause is not None:
+                    log.error("job %s failed on Ray: %s", job.id, exc)
+                    raise JobFailed(f"{type(cause).__name__}: {_first_line(cause)}") from None
+                raise JobFailed(_first_line(exc)) from None
+        self._progress(job, int(result["frames_done"]), result["frames_total"])
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        for name, content in result["files"].items():
+            (job.out_dir / Path(name).name).write_bytes(content)
+        report: Report = result["report"]
         return report
+
+    def _wait_ray(self, job: _Active, ref: Any) -> dict[str, Any]:
+        import ray
+
+        pid = None
+        while True:
+            done, _ = ray.wait([ref], num_returns=1, timeout=RAY_POLL_S)
+            seen = self._ray.progress(job.id)
+            if seen is not None:
+                if seen["pid"] != pid:  # an attempt started: the timeout counts from here
+                    if pid is None and not job.cancel.is_set():
+                        self.db.update_job(job.id, state="running", started_at=utcnow())
+                    pid, job.started, job.node_id = seen["pid"], time.monotonic(), seen["node_id"]
+                self._progress(job, int(seen["frames_done"]), seen["frames_total"])
+            if done:
+                value: dict[str, Any] = ray.get(ref)
+                return value
+            try:
+                if job.cancel.is_set():
+                    raise JobCancelled
+                self._check_timeout(job)
+            except BaseException:
+                ray.cancel(ref, force=True)
+                raise
+
+
+def analyze_upload_file(
+    input: Path,
+    filename: str,
+    exercise: Exercise,
+    backend: str,
+    model: str | None,
+    models_dir: Path,
+    out_dir: Path,
+    *,
+    on_frame: Any = None,
+    on_total: Any = None,
+) -> Report:
+    """The analysis of one upload: the same driver as `pose-analyzer analyze`
+    (recordings.py), the upload in, a Report and its files out. Local jobs and
+    Ray tasks (ray_jobs.py) both run this."""
+    options: dict[str, Any] = (
+        {"mode": "video", "models_dir": models_dir} if backend == "mediapipe" else {}
+    )
+    if backend != "replay":
+        options["refine"] = True  # as the CLI does offline (recordings.run_analysis)
+    analysis, _, _ = analyze_input(
+        input,
+        exercise,
+        backend=backend,
+        model=model,
+        detector_options=options,
+        progress=False,
+        on_frame=on_frame,
+        on_total=on_total,
+    )
+    report = analysis.report
+    report.input = filename
+    write_outputs(report, exercise, out_dir)
+    return report
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def _utc(value: dt.datetime | None) -> dt.datetime | None:

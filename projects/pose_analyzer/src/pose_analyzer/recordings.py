@@ -271,6 +271,7 @@ def run_analysis(
     progress: bool | None = None,
     config: EngineConfig | None = None,
     refine: bool = True,
+    on_frame: Callable[[FramePoses], None] | None = None,
 ) -> tuple[Report, dict[str, Path]]:
     """Analyze a recording and write report.json, angles.csv, angles.png (and annotated.mp4).
 
@@ -289,6 +290,7 @@ def run_analysis(
         config=config,
         progress=progress,
         detector_options={"refine": True} if refine and backend != "replay" else None,
+        on_frame=on_frame,
     )
     report = analysis.report
     if export_keypoints is not None:

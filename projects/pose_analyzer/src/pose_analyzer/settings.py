@@ -35,6 +35,8 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=64 * 1024, ge=1024)
     # Seconds an ended job's upload is kept; 0 deletes it as soon as the job ends.
     upload_retention_s: float = Field(default=0.0, ge=0)
+    # An upload job analysing for longer than this fails ("timed out"); 0 = no limit.
+    job_timeout_s: float = Field(default=0.0, ge=0)
     # URL sources: hosts and networks (CIDR) a stream may read from, comma separated.
     # Link-local and cloud metadata addresses are refused whatever this says.
     source_allow: str = (

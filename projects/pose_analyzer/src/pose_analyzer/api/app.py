@@ -30,6 +30,7 @@ from pose_analyzer.exercises.registry import ExerciseCatalog
 from pose_analyzer.jobs import JobRunner
 from pose_analyzer.metrics import PoseMetrics, create_registry
 from pose_analyzer.multiview.service import RigManager
+from pose_analyzer.ray_jobs import ray_address
 from pose_analyzer.settings import Settings, get_settings
 from pose_analyzer.storage import Database
 from pose_analyzer.streams.manager import StreamManager
@@ -65,6 +66,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             workers=1,
             upload_retention_s=settings.upload_retention_s,
             exercises=catalog,
+            ray_address=ray_address(),  # AIML_RAY_ADDRESS: jobs run on the cluster
+            timeout_s=settings.job_timeout_s or None,
         )
         requeued, failed = await asyncio.to_thread(app.state.jobs.recover)
         if requeued or failed:

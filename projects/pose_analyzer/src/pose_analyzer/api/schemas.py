@@ -236,6 +236,9 @@ class JobInfo(BaseModel):
     progress: float
     frames_done: int
     frames_total: int | None
+    node_id: str | None = Field(
+        default=None, description="the Ray node running the job (AIML_RAY_ADDRESS set)"
+    )
     error: str | None
     created_at: dt.datetime
     started_at: dt.datetime | None

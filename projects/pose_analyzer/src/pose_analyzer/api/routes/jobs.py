@@ -59,7 +59,8 @@ async def analyze(
         )
     if model is None and chosen == "mediapipe":
         model = settings.default_model
-    if chosen != "replay":
+    if chosen != "replay" and jobs.ray_address is None:
+        # On a cluster the worker checks the model against its own models directory.
         await asyncio.to_thread(check_model, chosen, model, settings.models_dir)
     settings.uploads_dir.mkdir(parents=True, exist_ok=True)
     dest = settings.uploads_dir / f"{uuid.uuid4().hex[:12]}{suffix}"
