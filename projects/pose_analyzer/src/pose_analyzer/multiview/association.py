@@ -35,6 +35,29 @@ def cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.stack([a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0], axis=-1)
 
 
+def dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a . b over the last axis (einsum: half the time of (a * b).sum(-1) here)."""
+    return np.einsum("...k,...k->...", a, b)
+
+
+_PAIRS: dict[bytes, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def view_pairs(views: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (a < b) of detections from different views; the same few layouts
+    recur every instant, so they are kept (bounded)."""
+    key = views.astype(np.int64).tobytes()
+    pairs = _PAIRS.get(key)
+    if pairs is None:
+        ia, ib = np.triu_indices(views.shape[0], 1)
+        keep = views[ia] != views[ib]
+        pairs = (ia[keep], ib[keep])
+        if len(_PAIRS) > 256:
+            _PAIRS.clear()
+        _PAIRS[key] = pairs
+    return pairs
+
+
 def masked_median(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Median over the last axis of the valid entries; NaN where none (np.nanmedian is
     ten times slower on these small arrays: it goes through masked arrays)."""
@@ -115,23 +138,23 @@ def ray_costs(
     """
     D = centres.shape[0]
     out = np.full((D, D), np.nan)
-    ia, ib = np.triu_indices(D, 1)
     if views is not None:
-        keep = views[ia] != views[ib]
-        ia, ib = ia[keep], ib[keep]
+        ia, ib = view_pairs(views)
+    else:
+        ia, ib = np.triu_indices(D, 1)
     if ia.size == 0:
         return out
     d1, d2 = dirs[ia], dirs[ib]  # (P, J, 3)
     w0 = (centres[ia] - centres[ib])[:, None, :]
-    b = (d1 * d2).sum(axis=-1)
-    d = (d1 * w0).sum(axis=-1)
-    e = (d2 * w0).sum(axis=-1)
+    b = dot(d1, d2)
+    d = dot(d1, w0)
+    e = dot(d2, w0)
     den = 1.0 - b * b
     with np.errstate(invalid="ignore", divide="ignore"):
         s = (b * e - d) / den
         u = (e - b * d) / den
         diff = w0 + s[..., None] * d1 - u[..., None] * d2
-        gap = np.sqrt((diff * diff).sum(axis=-1))
+        gap = np.sqrt(dot(diff, diff))
     both = valid[ia] & valid[ib] & (den > 1e-9)
     # A meeting point behind either camera is no meeting at all.
     gap = np.where((s > 0) & (u > 0), gap, np.inf)
@@ -150,7 +173,7 @@ def track_costs(
     X = np.stack([tr.predict(t) for tr in tracks])[:, None]  # (T, 1, J, 3)
     rel = X - centres[None, :, None, :]
     c = cross(rel, dirs[None])
-    dist = np.sqrt((c * c).sum(axis=-1))  # (T, D, J)
+    dist = np.sqrt(dot(c, c))  # (T, D, J)
     ok = valid[None] & np.isfinite(dist)
     out = masked_median(dist, ok)
     return np.where(ok.sum(axis=-1) >= MIN_SHARED_JOINTS, out, np.nan)
