@@ -38,6 +38,7 @@ from pose_analyzer.keypoints import PersonPose
 _INFEASIBLE = 1e9
 _LIMB_HISTORY = 90  # frames of limb lengths a tracklet keeps as its reference
 _MIN_LIMB_SAMPLES = 5
+_LIMB_REFRESH = 5  # new limb samples between recomputations of the limb reference
 
 
 @dataclass
@@ -63,6 +64,9 @@ class Tracklet:
     absorbed_into: int | None = None  # closed as a duplicate follower of that tracklet
     swap_run: int = 0  # consecutive frames whose labels had to be mirrored
     relabelled: int = 0  # times the detector's new labelling was adopted
+    _samples: int = 0  # limb samples appended so far
+    _ref: np.ndarray | None = None  # cached limb_reference()
+    _ref_at: int = 0  # _samples when _ref was computed
 
     def adopt_mirror(self) -> None:
         """Mirror the tracklet's own state, so the detector's current labels fit as-is."""
@@ -71,16 +75,24 @@ class Tracklet:
         k.ppp, k.ppv, k.pvv = k.ppp[MIRROR], k.ppv[MIRROR], k.pvv[MIRROR]
         self.last = self.last[MIRROR]
         self.limbs = deque((row[LIMB_MIRROR] for row in self.limbs), maxlen=self.limbs.maxlen)
+        self._ref = None
         self.swap_run = 0
         self.relabelled += 1
 
     def limb_reference(self) -> np.ndarray:
-        """Per limb, the long end of its recent lengths (NaN until enough were seen)."""
+        """Per limb, the long end of its recent lengths (NaN until enough were seen).
+
+        Recomputed every `_LIMB_REFRESH` new samples, not every frame: it is the 90th
+        percentile of up to 90 frames, which a few more frames barely move, and the
+        sort over the history was the largest single cost of identity per frame."""
         if len(self.limbs) < _MIN_LIMB_SAMPLES:
             return np.full(LIMB_B.shape[0], np.nan)
-        hist = np.stack(self.limbs)
-        n = np.isfinite(hist).sum(axis=0)
-        return np.where(n >= _MIN_LIMB_SAMPLES, nanquantile(hist, 0.9, axis=0), np.nan)
+        if self._ref is None or self._ref_at + _LIMB_REFRESH <= self._samples:
+            hist = np.stack(self.limbs)
+            n = np.isfinite(hist).sum(axis=0)
+            self._ref = np.where(n >= _MIN_LIMB_SAMPLES, nanquantile(hist, 0.9, axis=0), np.nan)
+            self._ref_at = self._samples
+        return self._ref
 
     def velocity(self, window_s: float = 0.5) -> np.ndarray:
         """Centre velocity (px/s) over the last `window_s`, from a line fit; 0 if unknown."""
@@ -147,7 +159,7 @@ class TrackletTracker:
             # The median joint: a second skeleton on one person often shares the torso
             # and places a limb or two elsewhere.
             med = nanmedian(np.where(both, dist, np.nan), axis=-1) if d else dist
-            norm = np.nan_to_num(med, nan=np.inf) / np.minimum(scale[:, None], scale[None, :])
+            norm = np.where(np.isnan(med), np.inf, med) / np.minimum(scale[:, None], scale[None, :])
             best = np.minimum(best, np.where(shared >= 3, norm, np.inf))
         np.fill_diagonal(best, np.inf)
         return best
@@ -220,7 +232,7 @@ class TrackletTracker:
             step = np.linalg.norm(last_a[:, None] - alt[None, :, :, :2], axis=-1)
             with np.errstate(all="ignore"):
                 med = nanmedian(np.where(both, step, np.nan), axis=-1)
-            jumps.append(np.nan_to_num(med, nan=np.inf) / tr_scale[:, None])
+            jumps.append(np.where(np.isnan(med), np.inf, med) / tr_scale[:, None])
             best = np.full(shared.shape, np.inf)
             best_sig = np.full(shared.shape, np.inf)
             # Someone who stepped out often comes back where they left, not where their
@@ -230,7 +242,7 @@ class TrackletTracker:
                 if not rows.any():
                     continue
                 dist = np.linalg.norm(place[:, None] - alt[None, :, :, :2], axis=-1)
-                dist = np.where(both, np.nan_to_num(dist), 0.0)
+                dist = np.where(both, dist, 0.0)  # finite wherever both are seen
                 sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
                 z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
                 sig = z.sum(axis=-1) / np.maximum(shared, 1)
@@ -398,7 +410,7 @@ class TrackletTracker:
             r = rows[id(tr)]
             # Only a detection this tracklet could itself have taken (inside its own gate).
             fits = np.minimum(direct[r], mirror[r]) < cfg.gate_sigmas / 2
-            close = enough & fits & (np.nan_to_num(med, nan=np.inf) < limit)
+            close = enough & fits & (np.where(np.isnan(med), np.inf, med) < limit)
             near = [k for k in np.flatnonzero(close) if k in assigned]
             if not near:
                 continue
@@ -491,8 +503,10 @@ class TrackletTracker:
         tr.times.append(t)
         tr.centres.append(centre(pose[None], mc)[0])
         tr.scales.append(scale)
-        tr.signatures.append(frame_signatures(pose[None], mc)[0])
-        tr.limbs.append(limb_lengths(pose[None], mc)[0])
+        limbs = limb_lengths(pose[None], mc)
+        tr.signatures.append(frame_signatures(pose[None], mc, limbs)[0])
+        tr.limbs.append(limbs[0])
+        tr._samples += 1
         if self.history is not None and len(tr.frames) >= 2 * self.history:
             keep = -self.history
             for seq in (tr.frames, tr.times, tr.centres, tr.scales, tr.signatures):
