@@ -90,10 +90,12 @@ def body_scale(poses: np.ndarray, min_confidence: float) -> np.ndarray:
     else from the extent of the confident joints.
     """
     ok = confident(poses, min_confidence)
-    xy = np.where(ok[..., None], poses[..., :2], np.nan)
-    with np.errstate(all="ignore"):
-        extent = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
-        box = np.nanmax(extent, axis=1)
+    m = ok[..., None]
+    # Extent of the confident joints (max/min over masked values, not nanmax/nanmin,
+    # which cost several times more on these small arrays); NaN where none is confident.
+    hi = np.where(m, poses[..., :2], -np.inf).max(axis=1)
+    lo = np.where(m, poses[..., :2], np.inf).min(axis=1)
+    box = np.where(ok.any(axis=1), (hi - lo).max(axis=1), np.nan)
     torso = segment_lengths(poses, min_confidence)[:, TORSO] * _HEIGHT_PER_TORSO
     # (np.where on isnan, not np.nan_to_num: the same values at a fraction of the cost
     # on these small arrays, and this runs per detection per frame.)

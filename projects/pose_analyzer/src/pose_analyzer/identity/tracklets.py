@@ -148,6 +148,8 @@ class TrackletTracker:
         """(D, D) median joint distance between skeletons (either labelling), in body
         heights of the smaller one; inf on the diagonal and without 3 shared joints."""
         d = kp.shape[0]
+        if d < 2:
+            return np.full((d, d), np.inf)  # one skeleton: nothing to be a duplicate of
         cfg = self.config
         alts = (kp, mirrored(kp))
         best = np.full((d, d), np.inf)
