@@ -83,7 +83,9 @@ def segment_lengths(
     return np.where(seen, np.nanmax(np.where(np.isfinite(pair), pair, -1.0), axis=-1), np.nan)
 
 
-def body_scale(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+def body_scale(
+    poses: np.ndarray, min_confidence: float, limbs: np.ndarray | None = None
+) -> np.ndarray:
     """(N,) body height in pixels, at least 8.
 
     From the torso when it is seen (it does not grow when the arms go up, as a box does),
@@ -96,7 +98,7 @@ def body_scale(poses: np.ndarray, min_confidence: float) -> np.ndarray:
     hi = np.where(m, poses[..., :2], -np.inf).max(axis=1)
     lo = np.where(m, poses[..., :2], np.inf).min(axis=1)
     box = np.where(ok.any(axis=1), (hi - lo).max(axis=1), np.nan)
-    torso = segment_lengths(poses, min_confidence)[:, TORSO] * _HEIGHT_PER_TORSO
+    torso = segment_lengths(poses, min_confidence, limbs)[:, TORSO] * _HEIGHT_PER_TORSO
     # (np.where on isnan, not np.nan_to_num: the same values at a fraction of the cost
     # on these small arrays, and this runs per detection per frame.)
     scale = np.where(

@@ -64,6 +64,7 @@ class Tracklet:
     absorbed_into: int | None = None  # closed as a duplicate follower of that tracklet
     swap_run: int = 0  # consecutive frames whose labels had to be mirrored
     relabelled: int = 0  # times the detector's new labelling was adopted
+    last_limbs: np.ndarray | None = None  # limb_lengths of `last` (kept with it)
     _samples: int = 0  # limb samples appended so far
     _ref: np.ndarray | None = None  # cached limb_reference()
     _ref_at: int = 0  # _samples when _ref was computed
@@ -74,6 +75,8 @@ class Tracklet:
         k.p, k.v = k.p[MIRROR], k.v[MIRROR]
         k.ppp, k.ppv, k.pvv = k.ppp[MIRROR], k.ppv[MIRROR], k.pvv[MIRROR]
         self.last = self.last[MIRROR]
+        if self.last_limbs is not None:
+            self.last_limbs = self.last_limbs[LIMB_MIRROR]
         self.limbs = deque((row[LIMB_MIRROR] for row in self.limbs), maxlen=self.limbs.maxlen)
         self._ref = None
         self.swap_run = 0
@@ -447,7 +450,9 @@ class TrackletTracker:
         with np.errstate(invalid="ignore"):
             stretched = lengths > (1 + cfg.max_limb_growth) * ref
             if frames <= 1.5:
-                prev = limb_lengths(tr.last[None], mc)[0]
+                prev = tr.last_limbs
+                if prev is None:
+                    prev = tr.last_limbs = limb_lengths(tr.last[None], mc)[0]
                 stretched |= np.abs(lengths - prev) > cfg.max_limb_step * ref
         bad[LIMB_B[stretched]] = True
         if bad.any():
@@ -486,26 +491,38 @@ class TrackletTracker:
 
     def _observe(self, tr: Tracklet, pose: np.ndarray, t: float, position: int) -> None:
         cfg = self.config
-        ok = confident(pose, cfg.min_keypoint_confidence)
-        scale = float(body_scale(pose[None], cfg.min_keypoint_confidence)[0])
+        mc = cfg.min_keypoint_confidence
+        ok = confident(pose, mc)
+        limbs = limb_lengths(pose[None], mc)
+        scale = float(body_scale(pose[None], mc, limbs)[0])
         tr.kalman.update(t - tr.t_last, pose[:, :2], ok, pose[:, 2], tr.scale)
         tr.scale = 0.8 * tr.scale + 0.2 * scale
         tr.t_last = t
-        merged = tr.last.copy()
-        merged[ok] = pose[ok]  # a joint not seen now keeps its last sighting for jump checks
-        tr.last = merged
+        if ok.all():
+            tr.last, tr.last_limbs = pose.copy(), limbs[0]
+        else:
+            merged = tr.last.copy()
+            merged[ok] = pose[ok]  # a joint not seen now keeps its last sighting for jumps
+            tr.last, tr.last_limbs = merged, None  # recomputed when next needed
         tr.hits += 1
-        self._record(tr, pose, t, position, scale)
+        self._record(tr, pose, t, position, scale, limbs)
 
     def _record(
-        self, tr: Tracklet, pose: np.ndarray, t: float, position: int, scale: float
+        self,
+        tr: Tracklet,
+        pose: np.ndarray,
+        t: float,
+        position: int,
+        scale: float,
+        limbs: np.ndarray | None = None,
     ) -> None:
         mc = self.config.min_keypoint_confidence
         tr.frames.append(position)
         tr.times.append(t)
         tr.centres.append(centre(pose[None], mc)[0])
         tr.scales.append(scale)
-        limbs = limb_lengths(pose[None], mc)
+        if limbs is None:
+            limbs = limb_lengths(pose[None], mc)
         tr.signatures.append(frame_signatures(pose[None], mc, limbs)[0])
         tr.limbs.append(limbs[0])
         tr._samples += 1
