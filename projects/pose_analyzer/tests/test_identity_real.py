@@ -127,10 +127,6 @@ def test_real_clip_gives_one_id_per_person(clip: str, mode: str) -> None:
 # -- the offline detector's output (refined/: the re-detection search, detectors/refine.py)
 
 REFINED = REAL / "refined"
-# Known failure, kept visible: on Pose2Sim multi cam02 the bare detector's blended
-# skeleton (the woman's head on the man's legs, frames 24-30 and later) survives next to
-# the two people the search finds, and offline stitching makes a third person of it.
-REFINED_KNOWN_FAILURES = {("pose2sim_multi_cam02", "offline")}
 
 
 @functools.cache
@@ -140,11 +136,7 @@ def _refined(clip: str) -> tuple[FramePoses, ...]:
 
 @pytest.mark.parametrize("mode", list(MODES))
 @pytest.mark.parametrize("clip", CLIPS)
-def test_refined_clip_gives_one_id_per_person_no_swap(
-    clip: str, mode: str, request: pytest.FixtureRequest
-) -> None:
-    if (clip, mode) in REFINED_KNOWN_FAILURES:
-        request.applymarker(pytest.mark.xfail(strict=True, reason="blended skeleton kept"))
+def test_refined_clip_gives_one_id_per_person_no_swap(clip: str, mode: str) -> None:
     label = LABELS[clip]
     out = MODES[mode](copy.deepcopy(list(_refined(clip))))
     got = spans(out)

@@ -133,6 +133,22 @@ def _near_joints(a_kp: np.ndarray, b_kp: np.ndarray, limit: float) -> np.ndarray
     return best
 
 
+def _inside(a: np.ndarray, b: np.ndarray | None) -> float:
+    """Fraction of box a's area inside box b."""
+    if b is None:
+        return 0.0
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return float(iw * ih / area) if area > 0 else 0.0
+
+
+def _meet(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """The intersection of two boxes, None if empty."""
+    m = np.array([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
+    return m if m[2] > m[0] and m[3] > m[1] else None
+
+
 def _blends(people: Sequence[PersonPose]) -> set[int]:
     """Indices of skeletons blended from two others of the frame: part of its joints on
     one person, most of the rest on another (MediaPipe joins two overlapping people
@@ -160,6 +176,14 @@ def _blends(people: Sequence[PersonPose]) -> set[int]:
                     continue
                 na, nb = int(a.sum()), int(b.sum())
                 if min(na, nb) >= 0.25 * ok and int((a | b).sum()) >= 0.7 * ok:
+                    out.add(i)
+                # Or its box is two others' side by side: at least 90% of it inside their
+                # union, at least 20% inside each (a blend whose limbs lie between the
+                # two, on neither: Pose2Sim multi cam02).
+                bj, bk = boxes[j], boxes[k]
+                assert bj is not None and bk is not None
+                cj, ck, both = _inside(bx, bj), _inside(bx, bk), _inside(bx, _meet(bj, bk))
+                if min(cj, ck) >= 0.2 and cj + ck - both >= 0.9:
                     out.add(i)
     return out
 
