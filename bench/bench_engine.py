@@ -223,6 +223,16 @@ def accuracy() -> dict[str, Any]:
             "people_detected_labelled": identity.get(name, {}).get("detected_persons"),
             "person_ids": len(report.people),
         }
+        refined = REAL / "refined" / path.name
+        if refined.is_file():
+            # What offline analysis sees: the detector with the re-detection search.
+            r_frames = list(read_keypoints(refined))
+            fps = 30.0 if "sports2d" in name else 60.0
+            r_report = analyze_recording(r_frames, exercise, fps).report
+            entry["person_ids_refined"] = len(r_report.people)
+            entry["people_labelled_refined"] = identity.get(name, {}).get(
+                "refined_persons", identity.get(name, {}).get("detected_persons")
+            )
         if label:
             true = sum(p["reps"] for p in label["person"] if p["role"] == "athlete")
             got = sum(p.rep_count for p in report.people if p.role == "athlete")

@@ -5,7 +5,11 @@ tests run on real detections without MediaPipe. People carry no "id": identity i
 what the tests check, so the cache holds only what the detector said. Each person
 also keeps the detector's box (over all 33 BlazePose landmarks) and score.
 
-Usage: uv run python scripts/cache_real_detections.py [--model full] [CLIP ...]
+With --refine the detector is the one offline analysis uses (`create_detector(...,
+refine=True)`: the re-detection search of detectors/refine.py, with its scan for people
+the video-mode landmarker never picked up) and the files go to tests/data/real/refined/.
+
+Usage: uv run python scripts/cache_real_detections.py [--model full] [--refine] [CLIP ...]
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pose_analyzer.detectors.mediapipe_backend import MediaPipeDetector
+from pose_analyzer.detectors import create_detector
 from pose_analyzer.keypoints import JOINTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,13 +37,19 @@ CLIPS = {
 }
 
 
-def cache(name: str, video: Path, model: str) -> Path:
+def cache(name: str, video: Path, model: str, refine: bool = False) -> Path:
     cap = cv2.VideoCapture(str(video))
     if not cap.isOpened():
         raise SystemExit(f"cannot open {video}; run scripts/fetch_samples.py first")
     fps = cap.get(cv2.CAP_PROP_FPS) or 30.0
-    out = OUT / f"{name}.jsonl"
-    with MediaPipeDetector(model, mode="video", num_poses=4) as det, out.open("w") as fh:
+    out = (OUT / "refined" if refine else OUT) / f"{name}.jsonl"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # A generous budget, so that what the search finds does not depend on the load.
+    opts = {"budget_ms": 2000.0}
+    det = create_detector(
+        "mediapipe", model, refine=refine, refine_options=opts, mode="video", num_poses=4
+    )
+    with out.open("w") as fh:
         index = 0
         while True:
             ok, frame = cap.read()
@@ -47,7 +57,7 @@ def cache(name: str, video: Path, model: str) -> Path:
                 break
             t = index / fps
             people = []
-            for p in det.detect_one(frame, t):
+            for p in det.detect([frame], [t])[0]:
                 kp = p.keypoints
                 ok_j = np.isfinite(kp[:, :2]).all(axis=1)
                 people.append(
@@ -69,6 +79,7 @@ def cache(name: str, video: Path, model: str) -> Path:
             fh.write(json.dumps(rec, separators=(",", ":")) + "\n")
             index += 1
     cap.release()
+    det.close()
     return out
 
 
@@ -76,10 +87,11 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("clips", nargs="*", default=list(CLIPS), help=", ".join(CLIPS))
     ap.add_argument("--model", default="full")
+    ap.add_argument("--refine", action="store_true", help="the offline detector (refine.py)")
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     for name in args.clips:
-        print(cache(name, CLIPS[name], args.model), flush=True)
+        print(cache(name, CLIPS[name], args.model, args.refine), flush=True)
 
 
 if __name__ == "__main__":

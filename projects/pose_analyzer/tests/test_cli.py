@@ -243,8 +243,14 @@ def test_real_video_export_then_replay(tmp_path: Path, capsys, sample_video: Pat
     b = json.loads((tmp_path / "b" / "report.json").read_text())
     assert a["frames"] == 100 and a["fps"] == 60.0 and a["backend"] == "mediapipe"
     assert len(a["people"]) >= 1 and max(p["frames_seen"] for p in a["people"]) >= 95
-    for key in ("exercise", "fps", "frames", "people"):
+    for key in ("exercise", "fps", "frames"):
         assert a[key] == b[key]
+    # The same persons, reps and roles. Not the same tracklet lists: the export carries
+    # person ids, which the replay keeps as they are, while the video's identity merged
+    # several tracklets into some of them (the offline search also finds the observer at
+    # the back of this view, intermittently).
+    strip = [{k: v for k, v in p.items() if k != "track_ids"} for p in a["people"]]
+    assert strip == [{k: v for k, v in p.items() if k != "track_ids"} for p in b["people"]]
     cap = cv2.VideoCapture(str(tmp_path / "a" / "annotated.mp4"))
     assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 100
     cap.release()

@@ -108,7 +108,8 @@ def test_search_does_not_duplicate_a_person_the_frame_already_has() -> None:
     det = RefiningDetector(WhiteDetector(), crop_detector=WhiteDetector(), crop_size=400)
     det.detect([_scene([(100, 50, 130, 150), (200, 50, 230, 150)])], [0.0])
     (people,) = det.detect([_scene([(100, 50, 130, 150)])], [0.1])  # second one left
-    assert len(people) == 1 and det.stats.crops == 1
+    # The square crop finds only the first again (dropped), so the tight crop runs too.
+    assert len(people) == 1 and det.stats.crops == 2
 
 
 def test_budget_stops_the_search_and_empty_scenes_do_not_tile_every_frame() -> None:
@@ -214,3 +215,25 @@ def test_real_small_people_missed_plainly_found_by_refining_at_the_labelled_plac
             assert dist < 20, (person["name"], fr, want, centres)
             checked += 1
     assert checked == 3
+
+
+def _person(x0: float, y0: float, x1: float, y1: float) -> PersonPose:
+    kp = np.zeros((NUM_JOINTS, 3), dtype=np.float32)
+    kp[:, 0] = x0 + (x1 - x0) * np.linspace(0, 1, NUM_JOINTS)
+    kp[:, 1] = y0 + (y1 - y0) * np.linspace(0, 1, NUM_JOINTS)
+    kp[:, 2] = 0.9
+    return PersonPose(kp, 0.99, (x0, y0, x1, y1))
+
+
+def test_blended_skeleton_of_two_found_people_is_dropped_and_a_third_person_is_not() -> None:
+    from pose_analyzer.detectors.refine import _blends
+
+    left, right = _person(0, 0, 100, 300), _person(100, 0, 200, 300)
+    # A detector skeleton spanning the two (its joints between theirs, on neither): the
+    # box is half inside each; as Pose2Sim multi cam02's blend.
+    blend = _person(40, 20, 160, 280)
+    assert _blends([blend, left, right]) == {0}
+    # Three people in a row, each with a box of their own: nobody is a blend.
+    assert _blends([left, right, _person(200, 0, 300, 300)]) == set()
+    # A person partly overlapping one other (half behind them) is not covered by two.
+    assert _blends([_person(60, 30, 150, 290), left]) == set()

@@ -19,6 +19,9 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 }
 
 
+OFFLINE_SCAN_S = 0.5  # refine=True: tiles searched for unseen people this often
+
+
 def create_detector(
     backend: str,
     model: str | None = None,
@@ -31,8 +34,9 @@ def create_detector(
 
     refine=True wraps it in `refine.RefiningDetector` (a higher-resolution search where
     it finds nobody or loses someone); `refine_options` are that class's keyword options
-    (budget_ms, lost_s, crop_size, tiles, ...). Its crop detector is a MediaPipe image-mode
-    landmarker of the same model when the backend is mediapipe, else of the full model.
+    (budget_ms, lost_s, crop_size, tiles, scan_every_s, ...; scan_every_s defaults to
+    OFFLINE_SCAN_S). Its crop detector is a MediaPipe image-mode landmarker of the same
+    model when the backend is mediapipe, else of the full model.
 
     mediapipe: lite|full|heavy (from the models directory) or a .task path;
     yolo: a weights path (default: the models directory's yolo11n-pose.pt), or an
@@ -46,6 +50,9 @@ def create_detector(
     from pose_analyzer.detectors.refine import RefiningDetector
 
     options = dict(refine_options or {})
+    # Offline (the only caller of refine=True so far) also scans for people the
+    # detector never picked up, every half second; refine_options can turn it off (None).
+    options.setdefault("scan_every_s", OFFLINE_SCAN_S)
     if backend == "mediapipe" and model is not None:
         options.setdefault("crop_model", model)
     if kw.get("models_dir") is not None:
@@ -68,4 +75,4 @@ def _create(backend: str, model: str | None, **kw: Any) -> PoseDetector:
     return detector
 
 
-__all__ = ["BACKENDS", "create_detector"]
+__all__ = ["BACKENDS", "OFFLINE_SCAN_S", "create_detector"]

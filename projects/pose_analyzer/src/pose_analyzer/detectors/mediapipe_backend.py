@@ -13,12 +13,16 @@ serves one stream, with timestamps that increase strictly.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.abc
+import importlib.machinery
 import os
 import sys
 import tempfile
+import types
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import cv2
 import numpy as np
@@ -62,6 +66,70 @@ _SRC = np.array(list(BLAZEPOSE_TO_CANONICAL), dtype=np.intp)
 _DST = np.array([JOINT_INDEX[n] for n in BLAZEPOSE_TO_CANONICAL.values()], dtype=np.intp)
 if sorted(_DST.tolist()) != list(range(NUM_JOINTS)):  # every canonical joint exactly once
     raise RuntimeError("BlazePose mapping does not cover the canonical joints")
+
+
+# Parts of the mediapipe package the pose landmarker never uses but the package imports
+# eagerly (python -X importtime on this machine): the vision drawing helpers, which
+# import matplotlib.pyplot at module level (~1.9 s of the package's 2.2 s), and the
+# audio recorder, which imports sounddevice (~0.2 s).
+_UNUSED_MEDIAPIPE = (
+    "mediapipe.tasks.python.vision.drawing_utils",
+    "mediapipe.tasks.python.vision.drawing_styles",
+    "mediapipe.tasks.python.audio.core.audio_record",
+)
+
+
+class _Deferred(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports of the `_UNUSED_MEDIAPIPE` modules give a stand-in that imports the real
+    module on first attribute use (PEP 562 module __getattr__): nothing changes for a
+    caller that does use one, it only pays then."""
+
+    def __init__(self, names: Sequence[str]) -> None:
+        self.names = set(names)
+
+    def find_spec(self, name: str, path: Any = None, target: Any = None) -> Any:
+        if name not in self.names:
+            return None
+        return importlib.machinery.ModuleSpec(name, self)
+
+    def create_module(self, spec: Any) -> types.ModuleType:
+        name = spec.name
+        stub = types.ModuleType(name)
+
+        def load(attr: str) -> Any:
+            if attr.startswith("__"):
+                raise AttributeError(attr)
+            self.names.discard(name)
+            if sys.modules.get(name) is stub:
+                del sys.modules[name]
+            real = importlib.import_module(name)
+            parent, _, child = name.rpartition(".")
+            if parent in sys.modules:
+                setattr(sys.modules[parent], child, real)
+            return getattr(real, attr)
+
+        stub.__getattr__ = load  # type: ignore[method-assign]
+        return stub
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        pass
+
+
+def import_mediapipe() -> tuple[Any, Any, Any]:
+    """(mediapipe, BaseOptions, vision), without paying for the parts of the package the
+    pose landmarker does not use (`_UNUSED_MEDIAPIPE`): they are deferred, i.e. really
+    imported only if something touches them."""
+    if "mediapipe" not in sys.modules:
+        finder = _Deferred(_UNUSED_MEDIAPIPE)
+        sys.meta_path.insert(0, finder)
+        try:
+            import mediapipe as mp
+        finally:
+            sys.meta_path.remove(finder)
+    import mediapipe as mp
+    from mediapipe.tasks.python import BaseOptions, vision
+
+    return mp, BaseOptions, vision
 
 
 def resolve_model_path(model: str | Path, models_dir: Path | None = None) -> Path:
@@ -161,8 +229,7 @@ class MediaPipeDetector:
         self.mode = mode
         self.num_poses = num_poses
 
-        import mediapipe as mp
-        from mediapipe.tasks.python import BaseOptions, vision
+        mp, BaseOptions, vision = import_mediapipe()
 
         self._mp = mp
         options = vision.PoseLandmarkerOptions(

@@ -6,22 +6,34 @@ pixels enlarged it finds them. `RefiningDetector` wraps any backend and, per fra
 
 1. if a person seen in the last `lost_s` seconds has no detection now, crops a square
    around their last box (`crop_margin` times its size), enlarges it to `crop_size` px
-   and runs the crop detector on it;
+   and runs the crop detector on it; if that finds no one new, the box itself
+   (`tight_margin` times it): someone half behind another person is the main subject
+   only of a tight crop;
 2. if after that nobody at all is found, runs it on `tiles` x `tiles` overlapping tiles,
    each enlarged to `crop_size` (no more often than every `tile_every_s` while the frame
    stays empty, so an empty scene does not pay the tiling cost on every frame);
 
+3. if `scan_every_s` is set, runs the same tiles every that many seconds *even when
+   people are found*: a video-mode landmarker that tracks the people it has stops
+   looking for others, so someone it never picked up (a second performer standing
+   behind the first, Pose2Sim multi cam03) stays unseen for the whole clip. Once a
+   scan finds them they are "seen", and step 1 follows them with crops from then on.
+
 stopping as soon as the frame's `budget_ms` is spent (measured, per frame; a pass over
 the tiles that the budget cut short resumes at the next tile on the next frame). What a
-search finds is mapped back to frame pixels and dropped if it overlaps a detection the
-frame already has. The crop detector is a separate image-mode landmarker: MediaPipe's
-video mode keeps tracking state tied to one image size and strictly increasing
-timestamps, which crops of varying size and position would break.
+search finds is mapped back to frame pixels and dropped if it is a skeleton the frame
+already has. "Already has" is judged on the joints, not on boxes: two people one behind
+the other have overlapping boxes (one's centre inside the other's box) but their joints
+lie apart; a second find of one person puts its joints where the first has them. The
+crop detector is a separate image-mode landmarker: MediaPipe's video mode keeps tracking
+state tied to one image size and strictly increasing timestamps, which crops of varying
+size and position would break.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,12 +66,146 @@ class RefineStats:
     found: int = 0  # people added by a search
     search_s: float = 0.0  # time spent searching, all frames
     over_budget: int = 0  # frames on which the budget stopped a search
+    blends_dropped: int = 0  # detector skeletons blended from two people the search found
 
 
 @dataclass
 class _Seen:
     box: np.ndarray  # x1, y1, x2, y2
     t: float
+    keypoints: np.ndarray | None = None  # (J, 3) as last seen
+    tight: bool = False  # last found by the tight crop: try that one first next time
+
+
+# Two skeletons are one person when their median shared joint lies closer than this
+# fraction of the larger box's height (either left/right labelling).
+_SAME_PERSON = 0.12
+# The joints compared: one per body part (nose for the head, no eyes/ears/heels/toes).
+# Five face points sit within a few pixels of each other, so a skeleton whose head is on
+# one person and whose body is on another (a blend MediaPipe produces when two people
+# overlap) would otherwise count as that person's head-only double.
+_BODY = np.array([0, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16])
+
+
+def _distance(
+    a_kp: np.ndarray | None, a_box: np.ndarray, b_kp: np.ndarray | None, b_box: np.ndarray
+) -> float:
+    """How far apart two skeletons are: the median shared body joint's distance in
+    heights of the larger box (either left/right labelling). Without 3 shared confident
+    joints, boxes decide: 0 when their IoU is over 0.5, else inf."""
+    if a_kp is not None and b_kp is not None:
+        from pose_analyzer.identity.skeleton import MIRROR
+
+        a_kp = a_kp[_BODY]
+        a_ok = (a_kp[:, 2] > 0.3) & np.isfinite(a_kp[:, :2]).all(axis=1)
+        height = max(a_box[3] - a_box[1], b_box[3] - b_box[1], 1.0)
+        best = np.inf
+        for b in (b_kp[_BODY], b_kp[MIRROR][_BODY]):
+            both = a_ok & (b[:, 2] > 0.3) & np.isfinite(b[:, :2]).all(axis=1)
+            if both.sum() >= 3:
+                d = np.linalg.norm(a_kp[both, :2] - b[both, :2], axis=1)
+                best = min(best, float(np.median(d)) / height)
+        if np.isfinite(best):
+            return best
+    return 0.0 if _iou(a_box, b_box) > 0.5 else np.inf
+
+
+def _same_person(
+    a_kp: np.ndarray | None, a_box: np.ndarray, b_kp: np.ndarray | None, b_box: np.ndarray
+) -> bool:
+    """Whether two skeletons are one person: their joints coincide."""
+    return _distance(a_kp, a_box, b_kp, b_box) < _SAME_PERSON
+
+
+def _near_joints(a_kp: np.ndarray, b_kp: np.ndarray, limit: float) -> np.ndarray:
+    """(len(_BODY),) bool: a's body joints within `limit` px of b's same joint (the
+    better of b's two left/right labellings)."""
+    from pose_analyzer.identity.skeleton import MIRROR
+
+    a = a_kp[_BODY]
+    a_ok = (a[:, 2] > 0.3) & np.isfinite(a[:, :2]).all(axis=1)
+    best = np.zeros(len(_BODY), dtype=bool)
+    for b in (b_kp[_BODY], b_kp[MIRROR][_BODY]):
+        b_ok = (b[:, 2] > 0.3) & np.isfinite(b[:, :2]).all(axis=1)
+        near = a_ok & b_ok & (np.linalg.norm(a[:, :2] - b[:, :2], axis=1) < limit)
+        if near.sum() > best.sum():
+            best = near
+    return best
+
+
+def _inside(a: np.ndarray, b: np.ndarray | None) -> float:
+    """Fraction of box a's area inside box b."""
+    if b is None:
+        return 0.0
+    iw = max(min(a[2], b[2]) - max(a[0], b[0]), 0.0)
+    ih = max(min(a[3], b[3]) - max(a[1], b[1]), 0.0)
+    area = (a[2] - a[0]) * (a[3] - a[1])
+    return float(iw * ih / area) if area > 0 else 0.0
+
+
+def _meet(a: np.ndarray, b: np.ndarray) -> np.ndarray | None:
+    """The intersection of two boxes, None if empty."""
+    m = np.array([max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])])
+    return m if m[2] > m[0] and m[3] > m[1] else None
+
+
+def _blends(people: Sequence[PersonPose]) -> set[int]:
+    """Indices of skeletons blended from two others of the frame: part of its joints on
+    one person, most of the rest on another (MediaPipe joins two overlapping people
+    into one skeleton, e.g. one's head and shoulders with the other's legs). Only
+    visible once a search has found both people separately."""
+    boxes = [_box_of(p) for p in people]
+    out: set[int] = set()
+    for i, x in enumerate(people):
+        bx = boxes[i]
+        if bx is None:
+            continue
+        ok = int(((x.keypoints[_BODY, 2] > 0.3) & np.isfinite(x.keypoints[_BODY, :2]).all(1)).sum())
+        if ok < 6:
+            continue
+        limit = _SAME_PERSON * max(bx[3] - bx[1], bx[2] - bx[0])
+        near = [
+            _near_joints(x.keypoints, y.keypoints, limit)
+            if j != i and boxes[j] is not None
+            else None
+            for j, y in enumerate(people)
+        ]
+        for j, a in enumerate(near):
+            for k, b in enumerate(near):
+                if a is None or b is None or k <= j:
+                    continue
+                na, nb = int(a.sum()), int(b.sum())
+                if min(na, nb) >= 0.25 * ok and int((a | b).sum()) >= 0.7 * ok:
+                    out.add(i)
+                # Or its box is two others' side by side: at least 90% of it inside their
+                # union, at least 20% inside each (a blend whose limbs lie between the
+                # two, on neither: Pose2Sim multi cam02).
+                bj, bk = boxes[j], boxes[k]
+                assert bj is not None and bk is not None
+                cj, ck, both = _inside(bx, bj), _inside(bx, bk), _inside(bx, _meet(bj, bk))
+                if min(cj, ck) >= 0.2 and cj + ck - both >= 0.9:
+                    out.add(i)
+    return out
+
+
+def _match(seen: Sequence[_Seen], known: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[int, int]:
+    """Memory index -> skeleton index, one to one, nearest pairs first, only pairs that
+    are the same person. One to one, because a skeleton blended from two overlapping
+    people (head on one, body on the other) is near both of them: it may account for
+    one, and the other is then searched for, not taken as found."""
+    pairs = sorted(
+        (d, i, j)
+        for i, s in enumerate(seen)
+        for j, (kp, box) in enumerate(known)
+        if (d := _distance(s.keypoints, s.box, kp, box)) < _SAME_PERSON
+    )
+    out: dict[int, int] = {}
+    used: set[int] = set()
+    for _, i, j in pairs:
+        if i not in out and j not in used:
+            out[i] = j
+            used.add(j)
+    return out
 
 
 def _box_of(p: PersonPose) -> np.ndarray | None:
@@ -104,11 +250,15 @@ class RefiningDetector:
         budget_ms: float = 120.0,
         lost_s: float = 2.0,
         crop_margin: float = 1.6,
+        tight_margin: float = 1.2,
         crop_size: int = 512,
         tiles: int = 2,
         tile_overlap: float = 0.25,
         tile_every_s: float = 0.5,
+        scan_every_s: float | None = None,
         min_upscale: float = 1.5,
+        min_find: float = 0.1,
+        min_find_score: float = 0.9,
         models_dir: Path | None = None,
     ) -> None:
         if budget_ms <= 0:
@@ -129,23 +279,56 @@ class RefiningDetector:
         self.budget_s = budget_ms / 1000.0
         self.lost_s = lost_s
         self.crop_margin = crop_margin
+        self.tight_margin = tight_margin
         self.crop_size = crop_size
         self.tiles = tiles
         self.tile_overlap = tile_overlap
         self.tile_every_s = tile_every_s
+        if scan_every_s is not None and scan_every_s <= 0:
+            raise ValueError(f"scan_every_s must be > 0 or None, got {scan_every_s}")
+        self.scan_every_s = scan_every_s
+        # A scan runs on the first frame, so its model is needed at once: load it in the
+        # background while the caller opens the video and loads the main detector.
+        self._loader: threading.Thread | None = None
+        self._prefetched: ImageDetector | None = None
+        self._prefetch_error: BaseException | None = None
+        if scan_every_s is not None:
+            self._loader = threading.Thread(target=self._prefetch, daemon=True)
+            self._loader.start()
         self.min_upscale = min_upscale
+        self.min_find = min_find
+        self.min_find_score = min_find_score
         self._seen: list[_Seen] = []
         self._last_tiling = -np.inf  # when the last complete pass over the tiles ended
         self._next_tile = 0  # a pass the budget cut short resumes here on the next frame
+        self._tight_finds: set[int] = set()  # id() of keypoints found by a tight crop
         self.stats = RefineStats()
+
+    def _load_crop(self) -> ImageDetector:
+        crop = self._crop_factory()
+        # The first inference sets the runtime up (~10x a normal one): do it now, on a
+        # blank image, not inside the first frame's budget.
+        crop.detect_one(np.zeros((64, 64, 3), dtype=np.uint8), 0.0)
+        return crop
+
+    def _prefetch(self) -> None:
+        try:
+            self._prefetched = self._load_crop()
+        except BaseException as exc:  # re-raised where the model is first needed
+            self._prefetch_error = exc
 
     @property
     def crop(self) -> ImageDetector:
-        if self._crop is None:  # loaded on first need: a scene that never misses never pays
-            self._crop = self._crop_factory()
-            # The first inference sets the runtime up (~10x a normal one): do it now, on a
-            # blank image, not inside the first frame's budget.
-            self._crop.detect_one(np.zeros((64, 64, 3), dtype=np.uint8), 0.0)
+        if self._crop is None:
+            if self._loader is not None:
+                self._loader.join()
+                self._loader = None
+                if self._prefetch_error is not None:
+                    raise self._prefetch_error
+                self._crop = self._prefetched
+            else:  # loaded on first need: a scene that never misses never pays
+                self._crop = self._load_crop()
+        assert self._crop is not None
         return self._crop
 
     def detect(
@@ -162,35 +345,82 @@ class RefiningDetector:
     ) -> list[PersonPose]:
         """`people` plus whoever a higher-resolution search finds that they miss."""
         self.stats.frames += 1
-        boxes = [b for b in (_box_of(p) for p in people) if b is not None]
+        known = [(p.keypoints, b) for p in people if (b := _box_of(p)) is not None]
         self._seen = [s for s in self._seen if t - s.t <= self.lost_s]
-        lost = [s for s in self._seen if not _overlaps(s.box, boxes, 0.1)]
+        matched = _match(self._seen, known)
+        lost = [s for i, s in enumerate(self._seen) if i not in matched]
         resuming = self._next_tile > 0
-        tile_due = not people and (resuming or t - self._last_tiling >= self.tile_every_s)
+        since = t - self._last_tiling
+        tile_due = not people and (resuming or since >= self.tile_every_s)
+        # The first scan is on the first frame: who is in the scene from the start (a
+        # person found half a second later is a newcomer to identity, and one who then
+        # stands beside someone for less than a second looks like their second skeleton).
+        since_scan = t - self._last_tiling
+        scan_due = bool(people) and self.scan_every_s is not None
+        scan_due = scan_due and (resuming or since_scan >= float(self.scan_every_s or 0))
         out = list(people)
-        if lost or tile_due:
+        if lost or tile_due or scan_due:
             self.crop  # noqa: B018 - load the model before the clock starts: not search time
             start = time.perf_counter()
             deadline = start + self.budget_s
             self.stats.triggered += 1
-            added = self._search(frame, t, lost, out, boxes, deadline)
-            if not out and tile_due:
-                added += self._search_tiles(frame, t, out, boxes, deadline)
+            added = self._search(frame, t, lost, out, known, deadline)
+            if (not out and tile_due) or scan_due:
+                added += self._search_tiles(frame, t, out, known, deadline)
                 if self._next_tile == 0:
                     self._last_tiling = t
+            if added:
+                # A skeleton the detector blended from two people the search has now
+                # found one by one is neither of them.
+                blended = _blends(out)
+                if blended:
+                    self.stats.blends_dropped += len(blended)
+                    out = [p for k, p in enumerate(out) if k not in blended]
             self.stats.found += added
             self.stats.search_s += time.perf_counter() - start
         self._remember(out, t)
         return out
 
-    def _remember(self, people: list[PersonPose], t: float) -> None:
-        for p in people:
-            box = _box_of(p)
-            if box is None:
+    @staticmethod
+    def _duplicate(
+        kp: np.ndarray, box: np.ndarray, known: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> bool:
+        """A find that is someone the frame already has: the same joints, or a box
+        mostly inside (or mostly covering) a known one with joints not clearly apart
+        (a partial second skeleton of one person). Someone half hidden behind another
+        person may have a box mostly inside theirs, but their joints lie apart."""
+        for k, b in known:
+            d = _distance(kp, box, k, b)
+            if d < _SAME_PERSON:
+                return True
+            if d >= 2 * _SAME_PERSON:
                 continue
-            # One memory per place: a new sighting replaces the ones it overlaps.
-            self._seen = [s for s in self._seen if _iou(s.box, box) <= 0.3]
-            self._seen.append(_Seen(box, t))
+            iw = max(min(box[2], b[2]) - max(box[0], b[0]), 0.0)
+            ih = max(min(box[3], b[3]) - max(box[1], b[1]), 0.0)
+            smaller = min((box[2] - box[0]) * (box[3] - box[1]), (b[2] - b[0]) * (b[3] - b[1]))
+            if smaller > 0 and iw * ih / smaller > 0.8:
+                return True
+        return False
+
+    @staticmethod
+    def _found(
+        kp: np.ndarray | None, box: np.ndarray, known: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> bool:
+        return any(_same_person(kp, box, k, b) for k, b in known)
+
+    def _remember(self, people: list[PersonPose], t: float) -> None:
+        """One memory per person: each skeleton renews the memory it is (one to one);
+        a skeleton that is no one remembered starts a memory of its own."""
+        people = [p for p in people if _box_of(p) is not None]
+        known = [(np.asarray(p.keypoints, dtype=np.float64), _box_of(p)) for p in people]
+        matched = {j: i for i, j in _match(self._seen, known).items()}
+        for j, (kp, box) in enumerate(known):
+            tight = id(people[j].keypoints) in self._tight_finds
+            if j in matched:
+                self._seen[matched[j]] = _Seen(box, t, kp, tight)
+            else:
+                self._seen.append(_Seen(box, t, kp, tight))
+        self._tight_finds.clear()
 
     def _run(
         self,
@@ -201,9 +431,16 @@ class RefiningDetector:
         x1: int,
         y1: int,
         out: list[PersonPose],
-        boxes: list[np.ndarray],
+        known: list[tuple[np.ndarray, np.ndarray]],
+        min_size: float = 0.0,
     ) -> int:
-        """Detect in frame[y0:y1, x0:x1] enlarged; add what is new to out/boxes."""
+        """Detect in frame[y0:y1, x0:x1] enlarged; add what is new to out/known.
+
+        A find smaller than `min_find` of the crop (or than `min_size` px), or with a
+        person score under `min_find_score`, is not a person: a landmarker given an
+        enlarged patch returns partial and tiny skeletons (on the Sports2D clip, scores
+        0.07-0.68 on limbs and background), and each one remembered would be searched
+        for again on the next frame."""
         crop = frame[y0:y1, x0:x1]
         h, w = crop.shape[:2]
         if h < 8 or w < 8:
@@ -226,10 +463,15 @@ class RefiningDetector:
                 box = (float(bx[0]), float(bx[1]), float(bx[2]), float(bx[3]))
             mapped = dataclasses.replace(p, keypoints=kp, box=box, track_id=None)
             mb = _box_of(mapped)
-            if mb is None or _overlaps(mb, boxes, 0.3):
+            if mb is None:
+                continue
+            if p.score < self.min_find_score:
+                continue
+            size = max(mb[2] - mb[0], mb[3] - mb[1])
+            if size < max(self.min_find * max(h, w), min_size) or self._duplicate(kp, mb, known):
                 continue
             out.append(mapped)
-            boxes.append(mb)
+            known.append((kp, mb))
             added += 1
         return added
 
@@ -239,7 +481,7 @@ class RefiningDetector:
         t: float,
         lost: list[_Seen],
         out: list[PersonPose],
-        boxes: list[np.ndarray],
+        known: list[tuple[np.ndarray, np.ndarray]],
         deadline: float,
     ) -> int:
         fh, fw = frame.shape[:2]
@@ -248,14 +490,29 @@ class RefiningDetector:
             if time.perf_counter() >= deadline:
                 self.stats.over_budget += 1
                 break
-            if _overlaps(s.box, boxes, 0.1):
+            if self._found(s.keypoints, s.box, known):
                 continue  # found meanwhile by an earlier crop
             cx, cy = (s.box[0] + s.box[2]) / 2, (s.box[1] + s.box[3]) / 2
-            half = self.crop_margin * max(s.box[2] - s.box[0], s.box[3] - s.box[1], 16.0) / 2
-            x0, y0 = max(int(cx - half), 0), max(int(cy - half), 0)
-            x1, y1 = min(int(cx + half), fw), min(int(cy + half), fh)
-            self.stats.crops += 1
-            added += self._run(frame, t, x0, y0, x1, y1, out, boxes)
+            bw, bh = max(s.box[2] - s.box[0], 16.0), max(s.box[3] - s.box[1], 16.0)
+            # A square around the box first (room for someone who moved or lay down);
+            # if that finds no one new, the box itself with a little margin: a person
+            # half behind someone else is the crop's main subject only in a tight crop.
+            half = self.crop_margin * max(bw, bh) / 2
+            crops = [(half, half), (self.tight_margin * bw / 2, self.tight_margin * bh / 2)]
+            if s.tight:
+                crops.reverse()
+            for k, (hw, hh) in enumerate(crops):
+                if k and time.perf_counter() >= deadline:
+                    break
+                x0, y0 = max(int(cx - hw), 0), max(int(cy - hh), 0)
+                x1, y1 = min(int(cx + hw), fw), min(int(cy + hh), fh)
+                self.stats.crops += 1
+                found = self._run(frame, t, x0, y0, x1, y1, out, known, 0.25 * max(bw, bh))
+                added += found
+                if found:
+                    if (hw, hh) != (half, half):
+                        self._tight_finds.update(id(p.keypoints) for p in out[-found:])
+                    break
         return added
 
     def _search_tiles(
@@ -263,7 +520,7 @@ class RefiningDetector:
         frame: npt.NDArray[np.uint8],
         t: float,
         out: list[PersonPose],
-        boxes: list[np.ndarray],
+        known: list[tuple[np.ndarray, np.ndarray]],
         deadline: float,
     ) -> int:
         fh, fw = frame.shape[:2]
@@ -284,13 +541,17 @@ class RefiningDetector:
             y0 = int(i * th * (1 - self.tile_overlap))
             self.stats.tiles += 1
             added += self._run(
-                frame, t, x0, y0, min(int(x0 + tw), fw), min(int(y0 + th), fh), out, boxes
+                frame, t, x0, y0, min(int(x0 + tw), fw), min(int(y0 + th), fh), out, known
             )
         self._next_tile = 0
         return added
 
     def close(self) -> None:
         self.inner.close()
+        if self._loader is not None:
+            self._loader.join()
+            self._loader = None
+            self._crop = self._prefetched
         if self._crop is not None:
             self._crop.close()
             self._crop = None

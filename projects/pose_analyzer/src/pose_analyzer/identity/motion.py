@@ -63,7 +63,8 @@ class JointKalman:
         r = (self.measurement_noise * scale) ** 2 / np.clip(conf, 0.1, 1.0)
         s = ppp + r
         kp, kv = ppp / s, ppv / s
-        innov = np.nan_to_num(xy - p)
+        innov = xy - p
+        innov = np.where(np.isnan(innov), 0.0, innov)
         self.unseen = self.unseen + dt
         # A joint unseen for longer than a prediction is trusted starts afresh where it is.
         fresh = ok & (~np.isfinite(p).all(axis=1) | (self.unseen > self.max_prediction_s))

@@ -72,28 +72,39 @@ def limb_lengths(poses: np.ndarray, min_confidence: float) -> np.ndarray:
     return np.where(ok[:, LIMB_A] & ok[:, LIMB_B], d, np.nan)
 
 
-def segment_lengths(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+def segment_lengths(
+    poses: np.ndarray, min_confidence: float, limbs: np.ndarray | None = None
+) -> np.ndarray:
     """(N, len(SEGMENTS)): the longer side of each segment, NaN where neither side is seen."""
-    limbs = limb_lengths(poses, min_confidence)
+    if limbs is None:
+        limbs = limb_lengths(poses, min_confidence)
     pair = limbs[:, _SEG_ROWS]  # (N, S, 2)
     seen = np.isfinite(pair).any(axis=-1)
     return np.where(seen, np.nanmax(np.where(np.isfinite(pair), pair, -1.0), axis=-1), np.nan)
 
 
-def body_scale(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+def body_scale(
+    poses: np.ndarray, min_confidence: float, limbs: np.ndarray | None = None
+) -> np.ndarray:
     """(N,) body height in pixels, at least 8.
 
     From the torso when it is seen (it does not grow when the arms go up, as a box does),
     else from the extent of the confident joints.
     """
     ok = confident(poses, min_confidence)
-    xy = np.where(ok[..., None], poses[..., :2], np.nan)
-    with np.errstate(all="ignore"):
-        extent = np.nanmax(xy, axis=1) - np.nanmin(xy, axis=1)
-        box = np.nanmax(extent, axis=1)
-    torso = segment_lengths(poses, min_confidence)[:, TORSO] * _HEIGHT_PER_TORSO
-    scale = np.where(np.isfinite(torso), np.fmax(torso, np.nan_to_num(box) * 0.8), box)
-    return np.maximum(np.nan_to_num(scale, nan=8.0), 8.0)
+    m = ok[..., None]
+    # Extent of the confident joints (max/min over masked values, not nanmax/nanmin,
+    # which cost several times more on these small arrays); NaN where none is confident.
+    hi = np.where(m, poses[..., :2], -np.inf).max(axis=1)
+    lo = np.where(m, poses[..., :2], np.inf).min(axis=1)
+    box = np.where(ok.any(axis=1), (hi - lo).max(axis=1), np.nan)
+    torso = segment_lengths(poses, min_confidence, limbs)[:, TORSO] * _HEIGHT_PER_TORSO
+    # (np.where on isnan, not np.nan_to_num: the same values at a fraction of the cost
+    # on these small arrays, and this runs per detection per frame.)
+    scale = np.where(
+        np.isfinite(torso), np.fmax(torso, np.where(np.isnan(box), 0.0, box) * 0.8), box
+    )
+    return np.maximum(np.where(np.isnan(scale), 8.0, scale), 8.0)
 
 
 def centre(poses: np.ndarray, min_confidence: float) -> np.ndarray:
@@ -107,9 +118,12 @@ def centre(poses: np.ndarray, min_confidence: float) -> np.ndarray:
     return np.where(n > 0, xy / np.maximum(n, 1), np.nan)
 
 
-def frame_signatures(poses: np.ndarray, min_confidence: float) -> np.ndarray:
-    """(N, SIGNATURE_SIZE) per-frame log(segment / torso), NaN where not measurable."""
-    seg = segment_lengths(poses, min_confidence)
+def frame_signatures(
+    poses: np.ndarray, min_confidence: float, limbs: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, SIGNATURE_SIZE) per-frame log(segment / torso), NaN where not measurable
+    (`limbs`: limb_lengths of the same poses, if the caller has them)."""
+    seg = segment_lengths(poses, min_confidence, limbs)
     with np.errstate(all="ignore"):
         return np.log(seg[:, :TORSO] / seg[:, TORSO : TORSO + 1])
 
@@ -154,15 +168,20 @@ def signature_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np
 def nanquantile(a: np.ndarray, q: float, axis: int = -1) -> np.ndarray:
     """np.nanquantile (linear interpolation) by one sort: NaN where a slice has no value.
     numpy's own goes through a per-slice fallback that costs ~1 ms a call here."""
-    x = np.moveaxis(np.asarray(a, dtype=np.float64), axis, -1)
-    s = np.sort(x, axis=-1)  # NaN sorts last
-    n = np.isfinite(x).sum(axis=-1)
+    x = np.asarray(a, dtype=np.float64)
+    if axis not in (-1, x.ndim - 1):
+        x = np.moveaxis(x, axis, -1)
+    shape, k = x.shape[:-1], x.shape[-1]
+    if k == 0:
+        return np.full(shape, np.nan)
+    s = np.sort(x, axis=-1).reshape(-1, k)  # NaN sorts last
+    n = np.isfinite(s).sum(axis=-1)
     pos = q * np.maximum(n - 1, 0)
     lo = np.floor(pos).astype(np.intp)
     hi = np.minimum(lo + 1, np.maximum(n - 1, 0))
-    v_lo = np.take_along_axis(s, lo[..., None], axis=-1)[..., 0]
-    v_hi = np.take_along_axis(s, hi[..., None], axis=-1)[..., 0]
-    return np.where(n > 0, v_lo + (pos - lo) * (v_hi - v_lo), np.nan)
+    rows = np.arange(s.shape[0])
+    v_lo, v_hi = s[rows, lo], s[rows, hi]  # plain indexing: take_along_axis costs more here
+    return np.where(n > 0, v_lo + (pos - lo) * (v_hi - v_lo), np.nan).reshape(shape)
 
 
 def nanmedian(a: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -38,6 +38,7 @@ from pose_analyzer.keypoints import PersonPose
 _INFEASIBLE = 1e9
 _LIMB_HISTORY = 90  # frames of limb lengths a tracklet keeps as its reference
 _MIN_LIMB_SAMPLES = 5
+_LIMB_REFRESH = 5  # new limb samples between recomputations of the limb reference
 
 
 @dataclass
@@ -63,6 +64,10 @@ class Tracklet:
     absorbed_into: int | None = None  # closed as a duplicate follower of that tracklet
     swap_run: int = 0  # consecutive frames whose labels had to be mirrored
     relabelled: int = 0  # times the detector's new labelling was adopted
+    last_limbs: np.ndarray | None = None  # limb_lengths of `last` (kept with it)
+    _samples: int = 0  # limb samples appended so far
+    _ref: np.ndarray | None = None  # cached limb_reference()
+    _ref_at: int = 0  # _samples when _ref was computed
 
     def adopt_mirror(self) -> None:
         """Mirror the tracklet's own state, so the detector's current labels fit as-is."""
@@ -70,17 +75,27 @@ class Tracklet:
         k.p, k.v = k.p[MIRROR], k.v[MIRROR]
         k.ppp, k.ppv, k.pvv = k.ppp[MIRROR], k.ppv[MIRROR], k.pvv[MIRROR]
         self.last = self.last[MIRROR]
+        if self.last_limbs is not None:
+            self.last_limbs = self.last_limbs[LIMB_MIRROR]
         self.limbs = deque((row[LIMB_MIRROR] for row in self.limbs), maxlen=self.limbs.maxlen)
+        self._ref = None
         self.swap_run = 0
         self.relabelled += 1
 
     def limb_reference(self) -> np.ndarray:
-        """Per limb, the long end of its recent lengths (NaN until enough were seen)."""
+        """Per limb, the long end of its recent lengths (NaN until enough were seen).
+
+        Recomputed every `_LIMB_REFRESH` new samples, not every frame: it is the 90th
+        percentile of up to 90 frames, which a few more frames barely move, and the
+        sort over the history was the largest single cost of identity per frame."""
         if len(self.limbs) < _MIN_LIMB_SAMPLES:
             return np.full(LIMB_B.shape[0], np.nan)
-        hist = np.stack(self.limbs)
-        n = np.isfinite(hist).sum(axis=0)
-        return np.where(n >= _MIN_LIMB_SAMPLES, nanquantile(hist, 0.9, axis=0), np.nan)
+        if self._ref is None or self._ref_at + _LIMB_REFRESH <= self._samples:
+            hist = np.stack(self.limbs)
+            n = np.isfinite(hist).sum(axis=0)
+            self._ref = np.where(n >= _MIN_LIMB_SAMPLES, nanquantile(hist, 0.9, axis=0), np.nan)
+            self._ref_at = self._samples
+        return self._ref
 
     def velocity(self, window_s: float = 0.5) -> np.ndarray:
         """Centre velocity (px/s) over the last `window_s`, from a line fit; 0 if unknown."""
@@ -136,6 +151,8 @@ class TrackletTracker:
         """(D, D) median joint distance between skeletons (either labelling), in body
         heights of the smaller one; inf on the diagonal and without 3 shared joints."""
         d = kp.shape[0]
+        if d < 2:
+            return np.full((d, d), np.inf)  # one skeleton: nothing to be a duplicate of
         cfg = self.config
         alts = (kp, mirrored(kp))
         best = np.full((d, d), np.inf)
@@ -147,7 +164,7 @@ class TrackletTracker:
             # The median joint: a second skeleton on one person often shares the torso
             # and places a limb or two elsewhere.
             med = nanmedian(np.where(both, dist, np.nan), axis=-1) if d else dist
-            norm = np.nan_to_num(med, nan=np.inf) / np.minimum(scale[:, None], scale[None, :])
+            norm = np.where(np.isnan(med), np.inf, med) / np.minimum(scale[:, None], scale[None, :])
             best = np.minimum(best, np.where(shared >= 3, norm, np.inf))
         np.fill_diagonal(best, np.inf)
         return best
@@ -220,7 +237,7 @@ class TrackletTracker:
             step = np.linalg.norm(last_a[:, None] - alt[None, :, :, :2], axis=-1)
             with np.errstate(all="ignore"):
                 med = nanmedian(np.where(both, step, np.nan), axis=-1)
-            jumps.append(np.nan_to_num(med, nan=np.inf) / tr_scale[:, None])
+            jumps.append(np.where(np.isnan(med), np.inf, med) / tr_scale[:, None])
             best = np.full(shared.shape, np.inf)
             best_sig = np.full(shared.shape, np.inf)
             # Someone who stepped out often comes back where they left, not where their
@@ -230,7 +247,7 @@ class TrackletTracker:
                 if not rows.any():
                     continue
                 dist = np.linalg.norm(place[:, None] - alt[None, :, :, :2], axis=-1)
-                dist = np.where(both, np.nan_to_num(dist), 0.0)
+                dist = np.where(both, dist, 0.0)  # finite wherever both are seen
                 sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
                 z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
                 sig = z.sum(axis=-1) / np.maximum(shared, 1)
@@ -398,7 +415,7 @@ class TrackletTracker:
             r = rows[id(tr)]
             # Only a detection this tracklet could itself have taken (inside its own gate).
             fits = np.minimum(direct[r], mirror[r]) < cfg.gate_sigmas / 2
-            close = enough & fits & (np.nan_to_num(med, nan=np.inf) < limit)
+            close = enough & fits & (np.where(np.isnan(med), np.inf, med) < limit)
             near = [k for k in np.flatnonzero(close) if k in assigned]
             if not near:
                 continue
@@ -433,7 +450,9 @@ class TrackletTracker:
         with np.errstate(invalid="ignore"):
             stretched = lengths > (1 + cfg.max_limb_growth) * ref
             if frames <= 1.5:
-                prev = limb_lengths(tr.last[None], mc)[0]
+                prev = tr.last_limbs
+                if prev is None:
+                    prev = tr.last_limbs = limb_lengths(tr.last[None], mc)[0]
                 stretched |= np.abs(lengths - prev) > cfg.max_limb_step * ref
         bad[LIMB_B[stretched]] = True
         if bad.any():
@@ -472,27 +491,41 @@ class TrackletTracker:
 
     def _observe(self, tr: Tracklet, pose: np.ndarray, t: float, position: int) -> None:
         cfg = self.config
-        ok = confident(pose, cfg.min_keypoint_confidence)
-        scale = float(body_scale(pose[None], cfg.min_keypoint_confidence)[0])
+        mc = cfg.min_keypoint_confidence
+        ok = confident(pose, mc)
+        limbs = limb_lengths(pose[None], mc)
+        scale = float(body_scale(pose[None], mc, limbs)[0])
         tr.kalman.update(t - tr.t_last, pose[:, :2], ok, pose[:, 2], tr.scale)
         tr.scale = 0.8 * tr.scale + 0.2 * scale
         tr.t_last = t
-        merged = tr.last.copy()
-        merged[ok] = pose[ok]  # a joint not seen now keeps its last sighting for jump checks
-        tr.last = merged
+        if ok.all():
+            tr.last, tr.last_limbs = pose.copy(), limbs[0]
+        else:
+            merged = tr.last.copy()
+            merged[ok] = pose[ok]  # a joint not seen now keeps its last sighting for jumps
+            tr.last, tr.last_limbs = merged, None  # recomputed when next needed
         tr.hits += 1
-        self._record(tr, pose, t, position, scale)
+        self._record(tr, pose, t, position, scale, limbs)
 
     def _record(
-        self, tr: Tracklet, pose: np.ndarray, t: float, position: int, scale: float
+        self,
+        tr: Tracklet,
+        pose: np.ndarray,
+        t: float,
+        position: int,
+        scale: float,
+        limbs: np.ndarray | None = None,
     ) -> None:
         mc = self.config.min_keypoint_confidence
         tr.frames.append(position)
         tr.times.append(t)
         tr.centres.append(centre(pose[None], mc)[0])
         tr.scales.append(scale)
-        tr.signatures.append(frame_signatures(pose[None], mc)[0])
-        tr.limbs.append(limb_lengths(pose[None], mc)[0])
+        if limbs is None:
+            limbs = limb_lengths(pose[None], mc)
+        tr.signatures.append(frame_signatures(pose[None], mc, limbs)[0])
+        tr.limbs.append(limbs[0])
+        tr._samples += 1
         if self.history is not None and len(tr.frames) >= 2 * self.history:
             keep = -self.history
             for seq in (tr.frames, tr.times, tr.centres, tr.scales, tr.signatures):
