@@ -14,6 +14,7 @@ from multiview_helpers import Scene, demo_rig, make_scene
 
 from pose_analyzer.biomechanics.angles import ANGLE_INDEX
 from pose_analyzer.multiview.angles3d import compute_angles_3d
+from pose_analyzer.multiview.association import Associator
 from pose_analyzer.multiview.calibration import CameraRig
 from pose_analyzer.multiview.rig import FusedInstant, RigFuser
 from pose_analyzer.multiview.triangulation import triangulate
@@ -242,3 +243,65 @@ def test_a_view_that_dies_mid_session_leaves_three_and_the_rig_says_so() -> None
         assert all(("cam02" in p.views) == (k < 15) for p in inst.people)
         ids |= {p.track_id for p in inst.people}
     assert len(ids) == 2  # same two tracks before and after
+
+
+def _groups_key(groups: list) -> list:
+    return sorted((g.track_id, tuple(sorted(g.detections.items()))) for g in groups)
+
+
+def test_tracks_settle_most_instants_and_agree_with_the_clustering(monkeypatch) -> None:
+    """The shortcut (every detection near exactly one track) must give exactly the groups
+    the full clustering gives, and must answer most instants once everybody is tracked."""
+    rig = demo_rig()
+    scene = make_scene(rig, frames=60, noise_px=2.0, seed=7, people_count=3)
+    fuser = RigFuser(rig, 60.0)
+    quick_by = Associator.by_tracks
+    answered: list[int] = []
+
+    def compare(self: Associator, *args: object) -> None:
+        quick = quick_by(self, *args)
+        if quick is not None:
+            answered.append(len(answered))
+            self.__dict__["_quick"] = quick
+        return None  # the clustering runs as well, to compare with
+
+    monkeypatch.setattr(Associator, "by_tracks", compare)
+    full_associate = Associator.associate
+    agreed = 0
+
+    def check(self: Associator, *args: object, **kwargs: object) -> list:
+        nonlocal agreed
+        self.__dict__.pop("_quick", None)
+        full = full_associate(self, *args, **kwargs)
+        quick = self.__dict__.pop("_quick", None)
+        if quick is not None:
+            assert _groups_key(quick) == _groups_key(full)
+            agreed += 1
+        return full
+
+    monkeypatch.setattr(Associator, "associate", check)
+    fused = [
+        fuser.fuse(float(t), {n: scene.frames[n][k] for n in rig.names})
+        for k, t in enumerate(scene.t)
+    ]
+    _check(scene, fused)  # still exact association and stable ids
+    assert agreed == len(answered)
+    # Three people within a metre of each other: some instants are in doubt and go to the
+    # clustering (that share is a cost, measured in bench_multiview), most must not.
+    assert agreed > (len(scene.t) - 1) / 2
+
+
+def test_a_person_nobody_tracks_yet_goes_through_the_clustering() -> None:
+    rig = demo_rig()
+    two = make_scene(rig, frames=20, seed=1, people_count=2, occlude=False)
+    three = make_scene(rig, frames=20, seed=1, people_count=3, occlude=False)
+    fuser = RigFuser(rig, 60.0)
+    for k in range(10):
+        inst = fuser.fuse(float(two.t[k]), {n: two.frames[n][k] for n in rig.names})
+    assert sorted(p.track_id for p in inst.people) == [1, 2]
+    ids = []
+    for k in range(10, 20):
+        inst = fuser.fuse(float(three.t[k]), {n: three.frames[n][k] for n in rig.names})
+        ids.append(sorted(p.track_id for p in inst.people))
+    # The newcomer is found at once (no track could own it) and keeps one new id.
+    assert ids == [[1, 2, 3]] * 10

@@ -28,6 +28,7 @@ import numpy as np
 from pose_analyzer.biomechanics.angles import ANGLE_INDEX, NUM_ANGLES
 from pose_analyzer.keypoints import JOINT_INDEX
 from pose_analyzer.multiview.association import cross as _cross
+from pose_analyzer.multiview.association import dot as _dot
 
 _DEG = 180.0 / np.pi
 
@@ -38,20 +39,18 @@ def _j(name: str) -> int:
 
 def _unit(v: np.ndarray) -> np.ndarray:
     """v / |v| (callers hold np.errstate: a zero vector is NaN, silently)."""
-    return np.asarray(v / np.sqrt((v * v).sum(axis=-1, keepdims=True)))
+    return np.asarray(v / np.sqrt(_dot(v, v))[..., None])
 
 
 def _angle(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Angle (deg) between vectors (..., 3), robust near 0 and 180."""
     c = _cross(u, v)
-    cross = np.sqrt((c * c).sum(axis=-1))
-    dot = (u * v).sum(axis=-1)
-    return np.asarray(np.arctan2(cross, dot) * _DEG)
+    return np.asarray(np.arctan2(np.sqrt(_dot(c, c)), _dot(u, v)) * _DEG)
 
 
 def _reject(v: np.ndarray, axis: np.ndarray) -> np.ndarray:
     """v without its component along the unit `axis`."""
-    return np.asarray(v - (v * axis).sum(axis=-1, keepdims=True) * axis)
+    return np.asarray(v - _dot(v, axis)[..., None] * axis)
 
 
 _SIDES = ("left", "right")

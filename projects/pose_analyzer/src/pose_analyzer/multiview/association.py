@@ -11,6 +11,13 @@ One global assignment per instant is then an average-linkage clustering of
 all nodes at once, where a cluster takes at most one node per view and one
 track, and merges only below a distance threshold. Clusters with a track keep
 its id; clusters seen by two or more views without one start a new track.
+
+While everybody is tracked, most instants need no clustering: when every detection
+lies within the threshold of exactly one track, no view gives one track two
+detections, and the detections of each track agree pairwise (ray distance within the
+threshold), that one-to-one answer is taken as it is (`Associator.by_tracks`). Any
+doubt (an untracked detection, two candidate tracks, a disagreeing pair) falls back
+to the clustering, so the shortcut only skips work whose outcome is not in question.
 """
 
 from __future__ import annotations
@@ -144,6 +151,17 @@ def ray_costs(
         ia, ib = np.triu_indices(D, 1)
     if ia.size == 0:
         return out
+    med = pair_costs(centres, dirs, valid, ia, ib)
+    out[ia, ib] = med
+    out[ib, ia] = med
+    return out
+
+
+def pair_costs(
+    centres: np.ndarray, dirs: np.ndarray, valid: np.ndarray, ia: np.ndarray, ib: np.ndarray
+) -> np.ndarray:
+    """(P,) median closest-approach distance of detections ia[k] and ib[k]'s shared
+    joints' rays; NaN when they share too few joints."""
     d1, d2 = dirs[ia], dirs[ib]  # (P, J, 3)
     w0 = (centres[ia] - centres[ib])[:, None, :]
     b = dot(d1, d2)
@@ -158,10 +176,7 @@ def ray_costs(
     both = valid[ia] & valid[ib] & (den > 1e-9)
     # A meeting point behind either camera is no meeting at all.
     gap = np.where((s > 0) & (u > 0), gap, np.inf)
-    med = np.where(both.sum(axis=-1) >= MIN_SHARED_JOINTS, masked_median(gap, both), np.nan)
-    out[ia, ib] = med
-    out[ib, ia] = med
-    return out
+    return np.where(both.sum(axis=-1) >= MIN_SHARED_JOINTS, masked_median(gap, both), np.nan)
 
 
 def track_costs(
@@ -258,17 +273,20 @@ class Associator:
             self.rig, keypoints, self.min_confidence, normalized
         )
         D, T = len(views), len(self.tracks)
-        cost = np.full((D + T, D + T), np.nan)
-        cost[:D, :D] = ray_costs(centres, dirs, valid, views)
         tc = track_costs(self.tracks, t, centres, dirs, valid)
-        cost[D:, :D] = tc / TRACK_SLACK
-        cost[:D, D:] = tc.T / TRACK_SLACK
-        cost[D:, D:] = np.inf
-        groups = np.concatenate([views, len(self.rig) + np.arange(T)])
         local = np.concatenate(
             [np.arange(np.sum(views == v)) for v in range(len(self.rig)) if np.any(views == v)]
             or [np.zeros(0, int)]
         )
+        quick = self.by_tracks(views, local, centres, dirs, valid, tc / TRACK_SLACK)
+        if quick is not None:
+            return quick
+        cost = np.full((D + T, D + T), np.nan)
+        cost[:D, :D] = ray_costs(centres, dirs, valid, views)
+        cost[D:, :D] = tc / TRACK_SLACK
+        cost[:D, D:] = tc.T / TRACK_SLACK
+        cost[D:, D:] = np.inf
+        groups = np.concatenate([views, len(self.rig) + np.arange(T)])
         out = []
         for members in cluster(cost, groups, self.max_distance_m):
             dets = {int(views[m]): int(local[m]) for m in members if m < D}
@@ -276,6 +294,45 @@ class Associator:
             if len(dets) >= 2 or (tids and dets):
                 out.append(Group(dets, tids[0] if tids else None))
         return out
+
+    def by_tracks(
+        self,
+        views: np.ndarray,
+        local: np.ndarray,
+        centres: np.ndarray,
+        dirs: np.ndarray,
+        valid: np.ndarray,
+        track_cost: np.ndarray,
+    ) -> list[Group] | None:
+        """The groups when the tracks alone settle the instant without doubt, else None.
+
+        `track_cost` (T, D) is on the clustering's scale (already divided by the slack).
+        """
+        T, D = track_cost.shape
+        if T == 0 or D < 2:
+            return None
+        near = np.where(np.isfinite(track_cost), track_cost, np.inf) <= self.max_distance_m
+        if not near.sum(axis=0).astype(bool).all() or (near.sum(axis=0) > 1).any():
+            return None  # a detection with no track, or with two candidates
+        owner = np.argmax(near, axis=0)  # (D,) the one track within reach
+        if np.unique(owner * len(self.rig) + views).size < D:
+            return None  # one view gives a track two detections
+        ia_l, ib_l = [], []
+        members = [np.flatnonzero(owner == k) for k in range(T)]
+        for m in members:
+            if m.size >= 2:
+                a, b = np.triu_indices(m.size, 1)
+                ia_l.append(m[a])
+                ib_l.append(m[b])
+        if ia_l:
+            gaps = pair_costs(centres, dirs, valid, np.concatenate(ia_l), np.concatenate(ib_l))
+            if not (gaps <= self.max_distance_m).all():
+                return None  # a pair that does not agree (or shares too few joints)
+        return [
+            Group({int(views[i]): int(local[i]) for i in m}, self.tracks[k].id)
+            for k, m in enumerate(members)
+            if m.size
+        ]
 
     def nearest(self, points: np.ndarray, within_m: float) -> int | None:
         """The track whose joints lie closest (median) to `points`, if within `within_m`."""

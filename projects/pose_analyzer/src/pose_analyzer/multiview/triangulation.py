@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pose_analyzer.multiview.association import cross
+from pose_analyzer.multiview.association import cross, dot
 from pose_analyzer.multiview.calibration import CameraRig
 
 DEFAULT_MAX_ERROR_PX = 15.0
@@ -56,7 +56,7 @@ def dlt(extrinsics: np.ndarray, normalized: np.ndarray, weights: np.ndarray) -> 
     c0 = cross(M[:, 1], M[:, 2])
     c1 = cross(M[:, 2], M[:, 0])
     c2 = cross(M[:, 0], M[:, 1])
-    det = (M[:, 0] * c0).sum(axis=-1)
+    det = dot(M[:, 0], c0)
     with np.errstate(invalid="ignore", divide="ignore"):
         inv_b = (c0 * b[:, :1] + c1 * b[:, 1:2] + c2 * b[:, 2:3]) / det[:, None]
     return np.asarray(np.where(np.abs(det)[:, None] > 1e-12, inv_b, np.nan))
@@ -100,7 +100,8 @@ def triangulate(
         X = dlt(ext, norm[:, todo], w)
         points[todo] = X
         proj = rig.project_each(np.broadcast_to(X, (V, *X.shape)))
-        e = np.sqrt(((proj - px[:, todo]) ** 2).sum(axis=-1))
+        diff = proj - px[:, todo]
+        e = np.sqrt(dot(diff, diff))
         err[:, todo] = np.where(seen[:, todo], e, np.nan)
         bad_err = np.where(used[:, todo], np.nan_to_num(err[:, todo], nan=np.inf), -np.inf)
         worst = np.argmax(bad_err, axis=0)
