@@ -411,8 +411,9 @@ class RefiningDetector:
     def _remember(self, people: list[PersonPose], t: float) -> None:
         """One memory per person: each skeleton renews the memory it is (one to one);
         a skeleton that is no one remembered starts a memory of its own."""
-        people = [p for p in people if _box_of(p) is not None]
-        known = [(np.asarray(p.keypoints, dtype=np.float64), _box_of(p)) for p in people]
+        boxed = [(p, box) for p in people if (box := _box_of(p)) is not None]
+        people = [p for p, _ in boxed]
+        known = [(np.asarray(p.keypoints, dtype=np.float64), box) for p, box in boxed]
         matched = {j: i for i, j in _match(self._seen, known).items()}
         for j, (kp, box) in enumerate(known):
             tight = id(people[j].keypoints) in self._tight_finds
