@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Response, WebSocket
@@ -11,7 +9,7 @@ from fastapi import APIRouter, HTTPException, Response, WebSocket
 from gpu_optimizer.api.http import WS_NOT_FOUND
 from pose_analyzer.api.deps import CatalogDep, RigsDep
 from pose_analyzer.api.errors import responses
-from pose_analyzer.api.routes.streams import _receive
+from pose_analyzer.api.routes.streams import follow
 from pose_analyzer.api.schemas import RigCreate, RigInfo
 from pose_analyzer.multiview.service import RigManager
 
@@ -67,25 +65,9 @@ async def rig_socket(websocket: WebSocket, rig_id: str, frames: bool = False) ->
     """One JSON message per fused instant (docs/api.md). Close codes: 4401 missing or wrong
     API key, 4404 no such rig, 1000 the rig ended (after its closing summary)."""
     rigs: RigManager = websocket.app.state.rigs
-    metrics = websocket.app.state.metrics
     await websocket.accept()
     runner = rigs.get(rig_id)
     if runner is None:
         await websocket.close(code=WS_NOT_FOUND, reason=f"no rig {rig_id[:64]}")
         return
-    if runner.finished.is_set():  # too late for instants: the closing summary, then close
-        if runner.final_message is not None:
-            await websocket.send_text(json.dumps(runner.final_message))
-        await websocket.close(code=1000, reason="rig ended")
-        return
-    client = runner.hub.add(websocket, want_frames=frames)
-    metrics.ws_clients.inc()
-    try:
-        receiver = asyncio.ensure_future(_receive(websocket, client))
-        closed = asyncio.ensure_future(client.closed.wait())
-        await asyncio.wait({receiver, closed}, return_when=asyncio.FIRST_COMPLETED)
-        for task in (receiver, closed):
-            task.cancel()
-    finally:
-        runner.hub.remove(client)
-        metrics.ws_clients.dec()
+    await follow(websocket, runner, frames, ended="rig ended")

@@ -58,16 +58,23 @@ async def stream_socket(websocket: WebSocket, stream_id: str, frames: bool = Fal
     """One JSON message per processed frame. Close codes: 4401 missing or wrong API key
     (sent by the key middleware), 4404 no such stream, 1000 the stream ended."""
     manager: StreamManager = websocket.app.state.manager
-    metrics = websocket.app.state.metrics
     await websocket.accept()
     runner = manager.get(stream_id)
     if runner is None:
         await websocket.close(code=WS_NOT_FOUND, reason=f"no stream {stream_id[:64]}")
         return
-    if runner.finished.is_set():  # too late for frames: the closing summary, then close
+    await follow(websocket, runner, frames, ended="stream ended")
+
+
+async def follow(websocket: WebSocket, runner: Any, frames: bool, ended: str) -> None:
+    """Send a live runner's messages (a stream's or a rig's: `hub`, `finished`,
+    `final_message`) to an accepted client until either side closes; a runner that has
+    already ended sends its closing summary and closes with 1000 and `ended`."""
+    metrics = websocket.app.state.metrics
+    if runner.finished.is_set():  # too late for messages: the closing summary, then close
         if runner.final_message is not None:
             await websocket.send_text(json.dumps(runner.final_message))
-        await websocket.close(code=1000, reason="stream ended")
+        await websocket.close(code=1000, reason=ended)
         return
     client = runner.hub.add(websocket, want_frames=frames)
     metrics.ws_clients.inc()
