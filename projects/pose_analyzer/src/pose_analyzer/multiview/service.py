@@ -53,7 +53,7 @@ from pose_analyzer.storage import Database
 from pose_analyzer.streams.batching import BatchingDetector
 from pose_analyzer.streams.hub import Hub
 from pose_analyzer.streams.reader import Frame, FrameReader, KeypointReader, StreamState
-from pose_analyzer.streams.runner import _encode_jpeg
+from pose_analyzer.streams.runner import _encode_jpeg, detect_frame
 from pose_analyzer.streams.sources import Source, SourceError, parse_source
 from pose_analyzer.video import VideoError, open_video
 
@@ -414,17 +414,7 @@ class RigRunner:
 
     def _detect(self, view: View, frame: Frame) -> _Delivered:
         t0 = time.perf_counter()
-        if frame.poses is not None:
-            poses = frame.poses
-        else:
-            assert frame.image is not None
-            if view.shared is not None:
-                people = view.shared.detect_one(frame.image, frame.t)
-            else:
-                assert view.detector is not None
-                people = view.detector.detect([frame.image], [frame.t])[0]
-            h, w = frame.image.shape[:2]
-            poses = FramePoses(frame.index, frame.t, w, h, people)
+        poses = detect_frame(frame, view.detector, view.shared)
         self.metrics.stage_seconds.labels("detect").observe(time.perf_counter() - t0)
         view.size = (poses.width, poses.height)
         image = frame.image if self.hub.wants_frames else None

@@ -219,17 +219,7 @@ class StreamRunner:
 
     def _process(self, frame: Frame, want_jpeg: bool) -> tuple[FrameResult, str | None]:
         t0 = time.perf_counter()
-        if frame.poses is not None:
-            poses = frame.poses
-        else:
-            assert frame.image is not None
-            if self._shared is not None:
-                people = self._shared.detect_one(frame.image, frame.t)
-            else:
-                assert self._detector is not None
-                people = self._detector.detect([frame.image], [frame.t])[0]
-            height, width = frame.image.shape[:2]
-            poses = FramePoses(frame.index, frame.t, width, height, people)
+        poses = detect_frame(frame, self._detector, self._shared)
         t1 = time.perf_counter()
         result = self.engine.update(poses)
         t2 = time.perf_counter()
@@ -347,6 +337,23 @@ class StreamRunner:
             stream_id=self.id, state=self.state, exercise=self.config.exercise.name, final=True
         )
         return body
+
+
+def detect_frame(
+    frame: Frame, detector: PoseDetector | None, shared: BatchingDetector | None
+) -> FramePoses:
+    """The poses of one frame read from a source: those a keypoint file carries, else
+    the shared (batched) detector's, else the source's own detector's."""
+    if frame.poses is not None:
+        return frame.poses
+    assert frame.image is not None
+    if shared is not None:
+        people = shared.detect_one(frame.image, frame.t)
+    else:
+        assert detector is not None
+        people = detector.detect([frame.image], [frame.t])[0]
+    height, width = frame.image.shape[:2]
+    return FramePoses(frame.index, frame.t, width, height, people)
 
 
 def _encode_jpeg(image: Any) -> str | None:
