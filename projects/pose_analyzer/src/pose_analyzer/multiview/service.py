@@ -31,9 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy.exc import DBAPIError
 
-from gpu_optimizer.storage.guard import StorageUnavailable
 from pose_analyzer.detectors.replay import KeypointFileError, read_keypoints
 from pose_analyzer.engine.auto import is_auto
 from pose_analyzer.exercises.registry import get_exercise
@@ -821,9 +819,9 @@ class RigManager:
         from pose_analyzer.streams.manager import (
             BACKENDS,
             StreamLimitError,
-            StreamStartError,
             _probe_camera,
             check_model,
+            start_runner,
         )
 
         data_dir = Path(self.settings.data_dir)
@@ -872,12 +870,7 @@ class RigManager:
             model=model,
             fps=float(rate),
             realtime=realtime,
-            buffer=self.settings.reader_buffer,
-            reconnect_initial_s=self.settings.reconnect_initial_s,
-            reconnect_max_s=self.settings.reconnect_max_s,
-            connect_timeout_s=self.settings.connect_timeout_s,
-            queue_size=self.settings.ws_queue,
-            overflow_disconnect_s=self.settings.ws_overflow_disconnect_s,
+            **self.streams.live_io(),
         )
         async with self.streams._lock:
             streams_used = sum(1 for s in self.streams.streams.values() if not s.finished.is_set())
@@ -889,9 +882,7 @@ class RigManager:
                     f"{limit} stream slots (POSE_MAX_STREAMS); {streams_used} stream(s) and "
                     f"{rigs_used} rig view(s) are running; stop some first"
                 )
-            shared = None
-            if backend == "yolo":
-                shared = await self.streams._batcher(model)
+            shared = await self.streams.shared_detector(backend, model)
             runner = RigRunner(
                 config,
                 db=self.db,
@@ -899,12 +890,7 @@ class RigManager:
                 models_dir=self.settings.models_dir,
                 shared_detector=shared,
             )
-            try:
-                await runner.start()
-            except (StorageUnavailable, DBAPIError):
-                raise  # the database's trouble, not the backend's: a 503
-            except Exception as exc:
-                raise StreamStartError(f"cannot start the {backend} backend: {exc}") from exc
+            await start_runner(runner, backend)
             self.rigs[runner.id] = runner
         return runner
 

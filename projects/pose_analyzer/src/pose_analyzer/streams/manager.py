@@ -42,6 +42,17 @@ class StreamStartError(RuntimeError):
     """The stream could not start (model missing, backend failed to load)."""
 
 
+async def start_runner(runner: Any, backend: str) -> None:
+    """Start a live runner; a failure that is not the database's (a 503) is the
+    backend's: a StreamStartError with the reason."""
+    try:
+        await runner.start()
+    except (StorageUnavailable, DBAPIError):
+        raise
+    except Exception as exc:
+        raise StreamStartError(f"cannot start the {backend} backend: {exc}") from exc
+
+
 class StreamManager:
     def __init__(self, settings: Settings, db: Database, metrics: PoseMetrics) -> None:
         self.settings = settings
@@ -102,12 +113,7 @@ class StreamManager:
         await asyncio.to_thread(check_model, backend, model, Path(self.settings.models_dir))
         async with self._lock:
             slot = self._free_slot()
-            shared = None
-            if backend == "yolo":
-                try:
-                    shared = await self._batcher(model)
-                except Exception as exc:
-                    raise StreamStartError(f"cannot start the yolo backend: {exc}") from exc
+            shared = await self.shared_detector(backend, model)
             runner = StreamRunner(
                 StreamConfig(
                     source=parsed,
@@ -115,12 +121,7 @@ class StreamManager:
                     backend=backend,
                     model=model,
                     realtime=realtime,
-                    buffer=self.settings.reader_buffer,
-                    reconnect_initial_s=self.settings.reconnect_initial_s,
-                    reconnect_max_s=self.settings.reconnect_max_s,
-                    connect_timeout_s=self.settings.connect_timeout_s,
-                    queue_size=self.settings.ws_queue,
-                    overflow_disconnect_s=self.settings.ws_overflow_disconnect_s,
+                    **self.live_io(),
                 ),
                 slot=slot,
                 db=self.db,
@@ -128,14 +129,31 @@ class StreamManager:
                 models_dir=self.settings.models_dir,
                 shared_detector=shared,
             )
-            try:
-                await runner.start()
-            except (StorageUnavailable, DBAPIError):
-                raise  # the database's trouble, not the backend's: a 503
-            except Exception as exc:
-                raise StreamStartError(f"cannot start the {backend} backend: {exc}") from exc
+            await start_runner(runner, backend)
             self.streams[runner.id] = runner
         return runner
+
+    def live_io(self) -> dict[str, Any]:
+        """The reader and WebSocket settings every live runner (stream or rig) takes."""
+        s = self.settings
+        return {
+            "buffer": s.reader_buffer,
+            "reconnect_initial_s": s.reconnect_initial_s,
+            "reconnect_max_s": s.reconnect_max_s,
+            "connect_timeout_s": s.connect_timeout_s,
+            "queue_size": s.ws_queue,
+            "overflow_disconnect_s": s.ws_overflow_disconnect_s,
+        }
+
+    async def shared_detector(self, backend: str, model: str | None) -> BatchingDetector | None:
+        """The batched detector a YOLO runner shares (None for other backends); a model
+        that fails to load is a StreamStartError."""
+        if backend != "yolo":
+            return None
+        try:
+            return await self._batcher(model)
+        except Exception as exc:
+            raise StreamStartError(f"cannot start the yolo backend: {exc}") from exc
 
     async def _batcher(self, model: str | None) -> BatchingDetector:
         """The YOLO detector all YOLO streams with this model share, batched across them."""
