@@ -52,7 +52,7 @@ from pose_analyzer.streams.batching import BatchingDetector
 from pose_analyzer.streams.hub import Hub
 from pose_analyzer.streams.reader import Frame, FrameReader, KeypointReader, StreamState
 from pose_analyzer.streams.runner import _encode_jpeg, detect_frame
-from pose_analyzer.streams.sources import Source, SourceError, parse_source
+from pose_analyzer.streams.sources import Source, SourceError, data_file, parse_source
 from pose_analyzer.video import VideoError, open_video
 
 log = logging.getLogger(__name__)
@@ -73,22 +73,7 @@ def parse_calibration_path(value: str, data_dir: Path) -> Path:
     text = value.strip()
     if not text:
         raise SourceError("calibration is empty: give a calibration file under the data directory")
-    root = data_dir.resolve()
-    candidate = Path(text)
-    try:
-        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
-        exists, is_file = path.exists(), path.is_file()
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"calibration {text[:80]!r} cannot be used: {exc}") from None
-    if not path.is_relative_to(root):
-        raise SourceError(
-            f"calibration {text!r} is outside the data directory; put it under {root.name}/ "
-            "and pass its path relative to it"
-        )
-    if not exists:
-        raise SourceError(f"calibration {text!r} does not exist under the data directory")
-    if not is_file:
-        raise SourceError(f"calibration {text!r} is not a file")
+    path = data_file(text, data_dir, "calibration")
     if not path.name.lower().endswith(CALIBRATION_SUFFIXES):
         raise SourceError(
             f"calibration {text!r}: expected a Pose2Sim .toml, a Qualisys .qca.txt or an "

@@ -161,25 +161,32 @@ def parse_source(value: str | int, data_dir: Path, policy: SourcePolicy | None =
         len(part.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES for part in Path(text).parts
     ):
         raise SourceError(f"a path component of {text[:60]!r}... is longer than 255 bytes")
-    root = data_dir.resolve()
-    candidate = Path(text)
-    try:
-        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
-        exists, is_file = path.exists(), path.is_file()
-    except (OSError, ValueError) as exc:
-        raise SourceError(f"file {text[:80]!r} cannot be used: {exc}") from None
-    if not path.is_relative_to(root):
-        raise SourceError(
-            f"file {text!r} is outside the data directory; put it under {root.name}/ "
-            "and pass its path relative to it"
-        )
-    if not exists:
-        raise SourceError(f"file {text!r} does not exist under the data directory")
-    if not is_file:
-        raise SourceError(f"{text!r} is not a file")
+    path = data_file(text, data_dir, "file")
     if path.suffix.lower() not in VIDEO_SUFFIXES + KEYPOINT_SUFFIXES:
         raise SourceError(
             f"{text!r} is not a supported file: videos ({', '.join(VIDEO_SUFFIXES)}) "
             f"or keypoint files ({', '.join(KEYPOINT_SUFFIXES)})"
         )
     return Source("file", str(path), text)
+
+
+def data_file(text: str, data_dir: Path, label: str) -> Path:
+    """The existing file `text` names under the data directory (relative to it, or an
+    absolute path inside it); anything else is a SourceError naming it as `label`."""
+    root = data_dir.resolve()
+    candidate = Path(text)
+    try:
+        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        exists, is_file = path.exists(), path.is_file()
+    except (OSError, ValueError) as exc:
+        raise SourceError(f"{label} {text[:80]!r} cannot be used: {exc}") from None
+    if not path.is_relative_to(root):
+        raise SourceError(
+            f"{label} {text!r} is outside the data directory; put it under {root.name}/ "
+            "and pass its path relative to it"
+        )
+    if not exists:
+        raise SourceError(f"{label} {text!r} does not exist under the data directory")
+    if not is_file:
+        raise SourceError(f"{label} {text!r} is not a file")
+    return path
