@@ -160,10 +160,13 @@ def test_refined_pose2sim_multi_cam03_finds_the_hidden_woman() -> None:
     bare = [len(f.people) for f in _frames("pose2sim_multi_cam03")]
     refined = [len(f.people) for f in _refined("pose2sim_multi_cam03")]
     assert max(bare) == 1
-    # Both seen in nearly every frame 0-60 (she is in view in all; the search misses
-    # her in 2 of them), and in two thirds of the clip: from ~78 nothing finds the man.
+    # Both seen in nearly every frame 0-80 (both are in view in all; the search misses
+    # her in 2 of 0-60 and in 3 more up to 80, where the man's skeleton carries her head
+    # and overlaps her); from 81 nothing finds the man on his own, and she is the one
+    # skeleton: the drifting blend gives way to her (detectors/refine.py, _settle).
     assert sum(n >= 2 for n in refined[:61]) >= 58
-    assert sum(n >= 2 for n in refined) >= 65
+    assert sum(n >= 2 for n in refined[:81]) >= 75
+    assert all(n == 1 for n in refined[81:])
 
 
 def test_pose2sim_single_views_one_id_over_all_100_frames() -> None:

@@ -67,6 +67,7 @@ class RefineStats:
     search_s: float = 0.0  # time spent searching, all frames
     over_budget: int = 0  # frames on which the budget stopped a search
     blends_dropped: int = 0  # detector skeletons blended from two people the search found
+    replaced: int = 0  # detector skeletons replaced by a find that continues a person better
 
 
 @dataclass
@@ -80,6 +81,11 @@ class _Seen:
 # Two skeletons are one person when their median shared joint lies closer than this
 # fraction of the larger box's height (either left/right labelling).
 _SAME_PERSON = 0.12
+# A find continues a remembered person "closely" (and may replace a frame skeleton that
+# continues them less closely) within this fraction of the larger box's height: a person
+# standing still is found again within ~0.01-0.03 of it from frame to frame (Pose2Sim
+# multi cam03, the woman: 0.003-0.03 over 40 frames of tight crops).
+_STEADY = 0.04
 # The joints compared: one per body part (nose for the head, no eyes/ears/heels/toes).
 # Five face points sit within a few pixels of each other, so a skeleton whose head is on
 # one person and whose body is on another (a blend MediaPipe produces when two people
@@ -302,6 +308,7 @@ class RefiningDetector:
         self._last_tiling = -np.inf  # when the last complete pass over the tiles ended
         self._next_tile = 0  # a pass the budget cut short resumes here on the next frame
         self._tight_finds: set[int] = set()  # id() of keypoints found by a tight crop
+        self._finds: list[PersonPose] = []  # this frame's finds, in order
         self.stats = RefineStats()
 
     def _load_crop(self) -> ImageDetector:
@@ -384,23 +391,94 @@ class RefiningDetector:
     @staticmethod
     def _duplicate(
         kp: np.ndarray, box: np.ndarray, known: Sequence[tuple[np.ndarray, np.ndarray]]
-    ) -> bool:
-        """A find that is someone the frame already has: the same joints, or a box
-        mostly inside (or mostly covering) a known one with joints not clearly apart
-        (a partial second skeleton of one person). Someone half hidden behind another
-        person may have a box mostly inside theirs, but their joints lie apart."""
-        for k, b in known:
+    ) -> tuple[int, float] | None:
+        """The known skeleton a find duplicates (its index, and their joint distance),
+        None if it is someone new: the same joints, or a box mostly inside (or mostly
+        covering) a known one with joints not clearly apart (a partial second skeleton
+        of one person). Someone half hidden behind another person may have a box mostly
+        inside theirs, but their joints lie apart. The nearest such skeleton."""
+        best: tuple[int, float] | None = None
+        for idx, (k, b) in enumerate(known):
             d = _distance(kp, box, k, b)
+            if best is not None and d >= best[1]:
+                continue
             if d < _SAME_PERSON:
-                return True
+                best = (idx, d)
+                continue
             if d >= 2 * _SAME_PERSON:
                 continue
             iw = max(min(box[2], b[2]) - max(box[0], b[0]), 0.0)
             ih = max(min(box[3], b[3]) - max(box[1], b[1]), 0.0)
             smaller = min((box[2] - box[0]) * (box[3] - box[1]), (b[2] - b[0]) * (b[3] - b[1]))
             if smaller > 0 and iw * ih / smaller > 0.8:
-                return True
-        return False
+                best = (idx, d)
+        return best
+
+    def _closest(self, kp: np.ndarray, box: np.ndarray) -> tuple[_Seen | None, float]:
+        """The remembered person a skeleton continues most closely, and how closely (the
+        joint distance of `_distance`); (None, inf) when nobody is remembered."""
+        best: tuple[_Seen | None, float] = (None, np.inf)
+        for s in self._seen:
+            d = _distance(kp, box, s.keypoints, s.box)
+            if d < best[1]:
+                best = (s, d)
+        return best
+
+    def _settle(
+        self, kp: np.ndarray, box: np.ndarray, known: Sequence[tuple[np.ndarray, np.ndarray]]
+    ) -> int | None:
+        """What to do with a find: -1 to add it, None to drop it, k to put it in place of
+        the frame's skeleton k.
+
+        A find that is no one the frame has is added. One that `_duplicate` says the
+        frame already has (skeleton k) is weighed against k on how closely each
+        continues someone remembered (joints where theirs were last seen), if the find
+        continues anyone:
+        - joints apart but a box inside the other's: two people (one behind the other)
+          if each clearly continues a different person (twice as closely as the
+          other's), added; else a partial second skeleton of one person;
+        - a find that continues its person more closely than k continues anyone takes
+          k's place (twice as closely for a partial skeleton), unless each clearly
+          continues a different person. A video-mode landmarker that loses one of two
+          overlapping people drifts onto the other over a few frames, through skeletons
+          blended from both (Pose2Sim multi cam03: head and arms on her, hips and legs
+          on him, sliding onto her): such a skeleton fits nobody's last pose closely,
+          while a still image of a person who stands still fits theirs to a few
+          hundredths of a body height. The output then stays with the people as they
+          were last seen, not with the drift.
+        Otherwise it is dropped."""
+        dup = self._duplicate(kp, box, known)
+        if dup is None:
+            return -1
+        mine, own = self._closest(kp, box)
+        if mine is None or own >= _SAME_PERSON:
+            return None
+        # Only a close continuation may replace the frame's skeleton: someone who moved
+        # since the last frame is left to the video-mode landmarker, which follows
+        # motion better than a still image does.
+        steady = own < _STEADY
+        k, d = dup
+        k_kp, k_box = known[k]
+        theirs, fit = self._closest(k_kp, k_box)
+        # Each continuing a different remembered person, and clearly.
+        two = (
+            theirs is not None
+            and theirs is not mine
+            and fit < _SAME_PERSON
+            and 2 * fit < _distance(k_kp, k_box, mine.keypoints, mine.box)
+            and 2 * own < _distance(kp, box, theirs.keypoints, theirs.box)
+        )
+        if d < _SAME_PERSON:
+            # Their joints coincide: one person twice, unless each clearly continues
+            # someone else (then neither may replace the other); otherwise the sighting
+            # that continues them more closely.
+            return k if steady and not two and own < fit else None
+        # A box inside the other's, joints not quite together: two people if each
+        # continues its own; else a partial second skeleton, which replaces the frame's
+        # only if it continues the person twice as closely.
+        if two:
+            return -1
+        return k if steady and 2 * own < fit else None
 
     @staticmethod
     def _found(
@@ -422,6 +500,7 @@ class RefiningDetector:
             else:
                 self._seen.append(_Seen(box, t, kp, tight))
         self._tight_finds.clear()
+        self._finds.clear()
 
     def _run(
         self,
@@ -469,10 +548,23 @@ class RefiningDetector:
             if p.score < self.min_find_score:
                 continue
             size = max(mb[2] - mb[0], mb[3] - mb[1])
-            if size < max(self.min_find * max(h, w), min_size) or self._duplicate(kp, mb, known):
+            if size < max(self.min_find * max(h, w), min_size):
+                continue
+            where = self._settle(kp, mb, known)
+            if where is None:
+                continue
+            if where >= 0:
+                # In place of the frame's skeleton it is a better sighting of. Not someone
+                # new: the search for whoever this crop is around goes on.
+                old_kp = known[where][0]
+                at = next(i for i, q in enumerate(out) if q.keypoints is old_kp)
+                out[at] = mapped
+                known[where] = (kp, mb)
+                self.stats.replaced += 1
                 continue
             out.append(mapped)
             known.append((kp, mb))
+            self._finds.append(mapped)
             added += 1
         return added
 
@@ -512,7 +604,7 @@ class RefiningDetector:
                 added += found
                 if found:
                     if (hw, hh) != (half, half):
-                        self._tight_finds.update(id(p.keypoints) for p in out[-found:])
+                        self._tight_finds.update(id(p.keypoints) for p in self._finds[-found:])
                     break
         return added
 
