@@ -161,12 +161,18 @@ def test_refined_pose2sim_multi_cam03_finds_the_hidden_woman() -> None:
     refined = [len(f.people) for f in _refined("pose2sim_multi_cam03")]
     assert max(bare) == 1
     # Both seen in nearly every frame 0-80 (both are in view in all; the search misses
-    # her in 2 of 0-60 and in 3 more up to 80, where the man's skeleton carries her head
-    # and overlaps her); from 81 nothing finds the man on his own, and she is the one
-    # skeleton: the drifting blend gives way to her (detectors/refine.py, _settle).
+    # her in 2 of 0-60 and in 1 more up to 80, where the man's skeleton carries her
+    # head and overlaps her); from 81, where his skeleton slides onto her, a skeleton
+    # is on her (her torso, by eye, at (0.27, 0.41) throughout) on every frame: the
+    # drifting blend gives way to her find (detectors/refine.py, _settle).
     assert sum(n >= 2 for n in refined[:61]) >= 58
-    assert sum(n >= 2 for n in refined[:81]) >= 75
-    assert all(n == 1 for n in refined[81:])
+    assert sum(n >= 2 for n in refined[:81]) >= 77
+    clip = list(_refined("pose2sim_multi_cam03"))
+    on_her = [
+        any(float(np.linalg.norm(centre(p, f) - (0.27, 0.41))) < 0.06 for p in f.people)
+        for f in clip[81:]
+    ]
+    assert all(on_her), on_her
 
 
 def test_pose2sim_single_views_one_id_over_all_100_frames() -> None:

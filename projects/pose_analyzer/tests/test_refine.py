@@ -380,3 +380,41 @@ def test_real_pose2sim_multi_cam03_each_keeps_their_id_to_the_last_frame() -> No
         ids[person["name"]] = got
     assert ids["man"] != ids["woman"], ids
     assert all(len(v) == 1 and None not in v for v in ids.values()), ids
+
+
+@pytest.mark.parametrize("overlapped", [False, True])
+def test_a_still_lone_person_only_the_search_finds_is_looked_at_every_rest_s(
+    overlapped: bool,
+) -> None:
+    # The landmarker has the performer on every frame and never the observer standing
+    # at the back (Pose2Sim single cam01): the first frame's scan finds the observer,
+    # then crops follow them. Once found at the same place 3 times running they are
+    # searched every rest_s (0.25 s: every 15th frame at 60 fps), not on every frame;
+    # unless someone the frame has overlaps them, then on every frame.
+    performer = _person(30, 80, 120, 260) if overlapped else _person(300, 20, 360, 250)
+    scene = _scene([(40, 100, 71, 161)])  # the observer, 60 px tall
+    frames = 61
+    det = RefiningDetector(
+        ScriptedDetector([[performer] for _ in range(frames)]),
+        crop_detector=WhiteDetector(),
+        crop_size=400,
+        tiles=1,
+        scan_every_s=100.0,
+        rest_s=0.25,
+    )
+    seen = 0
+    for i in range(frames):
+        (people,) = det.detect([scene], [i / 60])
+        seen += any(_near(p, (40, 100, 70, 160)) for p in people)
+    if overlapped:
+        assert det.stats.rested == 0 and det.stats.crops == frames - 1 and seen == frames
+    else:
+        # Frame 0: the scan; 1-3: crops (still after the third, at t = 3/60); then a
+        # crop each time 0.25 s have passed since the last find: ~18, ~33, ~48.
+        assert det.stats.crops == 3 + 3 and seen == 1 + 3 + 3
+        assert det.stats.rested == frames - 1 - det.stats.crops
+
+
+def test_rest_s_must_not_be_negative() -> None:
+    with pytest.raises(ValueError, match="rest_s"):
+        RefiningDetector(WhiteDetector(), crop_detector=WhiteDetector(), rest_s=-1)

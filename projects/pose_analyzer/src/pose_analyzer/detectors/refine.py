@@ -68,6 +68,7 @@ class RefineStats:
     over_budget: int = 0  # frames on which the budget stopped a search
     blends_dropped: int = 0  # detector skeletons blended from two people the search found
     replaced: int = 0  # detector skeletons replaced by a find that continues a person better
+    rested: int = 0  # searches skipped for a still, lone person only the search finds
 
 
 @dataclass
@@ -76,6 +77,9 @@ class _Seen:
     t: float
     keypoints: np.ndarray | None = None  # (J, 3) as last seen
     tight: bool = False  # last found by the tight crop: try that one first next time
+    searched: bool = False  # last seen in a search's find, not in the detector's output
+    still: int = 0  # consecutive such finds, each within _STEADY of the one before
+    hits: int = 1  # frames seen in
 
 
 # Two skeletons are one person when their median shared joint lies closer than this
@@ -86,6 +90,12 @@ _SAME_PERSON = 0.12
 # standing still is found again within ~0.01-0.03 of it from frame to frame (Pose2Sim
 # multi cam03, the woman: 0.003-0.03 over 40 frames of tight crops).
 _STEADY = 0.04
+# A person only the search finds, found this many times running within _STEADY of the
+# last find, is "still" (see RefiningDetector._resting).
+_STILL_FINDS = 3
+# A remembered person seen on at least this many frames is searched for up to lost_s
+# after they were last seen; one seen less, only on the next frame.
+_CONFIRMED = 3
 # The joints compared: one per body part (nose for the head, no eyes/ears/heels/toes).
 # Five face points sit within a few pixels of each other, so a skeleton whose head is on
 # one person and whose body is on another (a blend MediaPipe produces when two people
@@ -262,6 +272,7 @@ class RefiningDetector:
         tile_overlap: float = 0.25,
         tile_every_s: float = 0.5,
         scan_every_s: float | None = None,
+        rest_s: float = 0.25,
         min_upscale: float = 1.5,
         min_find: float = 0.1,
         min_find_score: float = 0.9,
@@ -293,6 +304,9 @@ class RefiningDetector:
         if scan_every_s is not None and scan_every_s <= 0:
             raise ValueError(f"scan_every_s must be > 0 or None, got {scan_every_s}")
         self.scan_every_s = scan_every_s
+        if rest_s < 0:
+            raise ValueError(f"rest_s must be >= 0 (0: search every frame), got {rest_s}")
+        self.rest_s = rest_s
         # A scan runs on the first frame, so its model is needed at once: load it in the
         # background while the caller opens the video and loads the main detector.
         self._loader: threading.Thread | None = None
@@ -309,6 +323,8 @@ class RefiningDetector:
         self._next_tile = 0  # a pass the budget cut short resumes here on the next frame
         self._tight_finds: set[int] = set()  # id() of keypoints found by a tight crop
         self._finds: list[PersonPose] = []  # this frame's finds, in order
+        self._searched: set[int] = set()  # id() of keypoints a search put in the output
+        self._prev_t = -np.inf  # the previous frame's time
         self.stats = RefineStats()
 
     def _load_crop(self) -> ImageDetector:
@@ -353,9 +369,26 @@ class RefiningDetector:
         """`people` plus whoever a higher-resolution search finds that they miss."""
         self.stats.frames += 1
         known = [(p.keypoints, b) for p in people if (b := _box_of(p)) is not None]
-        self._seen = [s for s in self._seen if t - s.t <= self.lost_s]
+        # A memory seen on fewer than _CONFIRMED frames gets one search, on the frame
+        # after it was last seen: the landmarker's partial and passing skeletons (an
+        # athlete in mid-air gives a new one every frame) would otherwise each be
+        # searched for lost_s, frame after frame (Sports2D demo: 28 memories, 56 crops
+        # on one frame of the flip).
+        self._seen = [
+            s
+            for s in self._seen
+            if t - s.t <= self.lost_s and (s.hits >= _CONFIRMED or s.t >= self._prev_t)
+        ]
+        self._prev_t = t
         matched = _match(self._seen, known)
         lost = [s for i, s in enumerate(self._seen) if i not in matched]
+        # Whom a lost person could be next to: the frame's skeletons and the others
+        # remembered (found or not on this frame).
+        boxes = [b for _, b in known] + [s.box for s in self._seen]
+        resting = [s for s in lost if self._resting(s, t, [b for b in boxes if b is not s.box])]
+        if resting:
+            self.stats.rested += len(resting)
+            lost = [s for s in lost if not any(s is r for r in resting)]
         resuming = self._next_tile > 0
         since = t - self._last_tiling
         tile_due = not people and (resuming or since >= self.tile_every_s)
@@ -468,17 +501,15 @@ class RefiningDetector:
             and 2 * fit < _distance(k_kp, k_box, mine.keypoints, mine.box)
             and 2 * own < _distance(kp, box, theirs.keypoints, theirs.box)
         )
-        if d < _SAME_PERSON:
-            # Their joints coincide: one person twice, unless each clearly continues
-            # someone else (then neither may replace the other); otherwise the sighting
-            # that continues them more closely.
-            return k if steady and not two and own < fit else None
-        # A box inside the other's, joints not quite together: two people if each
-        # continues its own; else a partial second skeleton, which replaces the frame's
-        # only if it continues the person twice as closely.
         if two:
+            # Two people, however near their joints (one behind the other): added.
             return -1
-        return k if steady and 2 * own < fit else None
+        # One person twice: the sighting that continues them more closely, if the find
+        # continues them closely; a partial second skeleton (a box inside the other's,
+        # joints not quite together) must fit twice as closely.
+        if not steady:
+            return None
+        return k if own < (fit if d < _SAME_PERSON else 0.5 * fit) else None
 
     @staticmethod
     def _found(
@@ -495,12 +526,41 @@ class RefiningDetector:
         matched = {j: i for i, j in _match(self._seen, known).items()}
         for j, (kp, box) in enumerate(known):
             tight = id(people[j].keypoints) in self._tight_finds
+            searched = id(people[j].keypoints) in self._searched
             if j in matched:
-                self._seen[matched[j]] = _Seen(box, t, kp, tight)
+                prev = self._seen[matched[j]]
+                still = 0
+                if (
+                    searched
+                    and prev.searched
+                    and prev.keypoints is not None
+                    and _distance(kp, box, prev.keypoints, prev.box) < _STEADY
+                ):
+                    still = prev.still + 1
+                self._seen[matched[j]] = _Seen(box, t, kp, tight, searched, still, prev.hits + 1)
             else:
-                self._seen.append(_Seen(box, t, kp, tight))
+                self._seen.append(_Seen(box, t, kp, tight, searched))
         self._tight_finds.clear()
         self._finds.clear()
+        self._searched.clear()
+
+    def _resting(self, s: _Seen, t: float, boxes: Sequence[np.ndarray]) -> bool:
+        """Whether a lost person need not be searched for on this frame: one only the
+        search finds (the video-mode landmarker never picked them up: an observer at the
+        back wall), found at the same place `_STILL_FINDS` times running, seen less
+        than `rest_s` ago, and with nobody the frame has or remembers within one of
+        their heights (`boxes`).
+        Such a person is looked at again every `rest_s`, not on every frame. Someone
+        next to another person is searched on every frame: the skeletons next to them
+        can drift onto them (see `_settle`), and they are likelier to be a performer."""
+        if not self.rest_s or not s.searched or s.still < _STILL_FINDS:
+            return False
+        if t - s.t >= self.rest_s:
+            return False
+        # Nobody within one of their own heights of their box.
+        m = s.box[3] - s.box[1]
+        around = s.box + np.array([-m, -m, m, m])
+        return all(_meet(around, b) is None for b in boxes)
 
     def _run(
         self,
@@ -560,11 +620,13 @@ class RefiningDetector:
                 at = next(i for i, q in enumerate(out) if q.keypoints is old_kp)
                 out[at] = mapped
                 known[where] = (kp, mb)
+                self._searched.add(id(kp))
                 self.stats.replaced += 1
                 continue
             out.append(mapped)
             known.append((kp, mb))
             self._finds.append(mapped)
+            self._searched.add(id(kp))
             added += 1
         return added
 
@@ -583,8 +645,11 @@ class RefiningDetector:
             if time.perf_counter() >= deadline:
                 self.stats.over_budget += 1
                 break
-            if self._found(s.keypoints, s.box, known):
-                continue  # found meanwhile by an earlier crop
+            # Found meanwhile by an earlier crop? (Not: near one of the frame's own
+            # skeletons: those were matched one to one to the memories already.)
+            finds = [(kp, b) for kp, b in known if id(kp) in self._searched]
+            if self._found(s.keypoints, s.box, finds):
+                continue
             cx, cy = (s.box[0] + s.box[2]) / 2, (s.box[1] + s.box[3]) / 2
             bw, bh = max(s.box[2] - s.box[0], 16.0), max(s.box[3] - s.box[1], 16.0)
             # A square around the box first (room for someone who moved or lay down);
