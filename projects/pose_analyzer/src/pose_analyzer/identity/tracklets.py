@@ -21,6 +21,7 @@ from scipy.optimize import linear_sum_assignment
 from pose_analyzer.identity.config import IdentityConfig
 from pose_analyzer.identity.motion import JointKalman
 from pose_analyzer.identity.skeleton import (
+    LIMB_A,
     LIMB_B,
     LIMB_MIRROR,
     MIRROR,
@@ -32,6 +33,8 @@ from pose_analyzer.identity.skeleton import (
     mirrored,
     nanmedian,
     nanquantile,
+    norm2,
+    segment_lengths,
 )
 from pose_analyzer.keypoints import PersonPose
 
@@ -65,6 +68,7 @@ class Tracklet:
     swap_run: int = 0  # consecutive frames whose labels had to be mirrored
     relabelled: int = 0  # times the detector's new labelling was adopted
     last_limbs: np.ndarray | None = None  # limb_lengths of `last` (kept with it)
+    last_ok: np.ndarray | None = None  # confident() of `last` (kept with it)
     _samples: int = 0  # limb samples appended so far
     _ref: np.ndarray | None = None  # cached limb_reference()
     _ref_at: int = 0  # _samples when _ref was computed
@@ -77,6 +81,8 @@ class Tracklet:
         self.last = self.last[MIRROR]
         if self.last_limbs is not None:
             self.last_limbs = self.last_limbs[LIMB_MIRROR]
+        if self.last_ok is not None:
+            self.last_ok = self.last_ok[MIRROR]
         self.limbs = deque((row[LIMB_MIRROR] for row in self.limbs), maxlen=self.limbs.maxlen)
         self._ref = None
         self.swap_run = 0
@@ -294,7 +300,7 @@ class TrackletTracker:
         ok = confident(kp, cfg.min_keypoint_confidence)
         keep = ok.sum(axis=1) >= cfg.min_joints
         self.dropped_small += int((~keep).sum())
-        scale = body_scale(kp, cfg.min_keypoint_confidence)
+        scale = body_scale(kp, cfg.min_keypoint_confidence, ok=ok)
         idx = np.flatnonzero(keep)
         if idx.size == 0:
             return []
@@ -348,11 +354,12 @@ class TrackletTracker:
                         pose = mirrored(pose)
                 else:
                     tr.swap_run = 0
-                pose = self._plausible(tr, pose, t)
-                if pose is None:
+                checked = self._plausible(tr, pose, t)
+                if checked is None:
                     self.dropped_impossible += 1
                     continue
-                self._observe(tr, pose, t, position)
+                pose, pose_ok, limbs = checked
+                self._observe(tr, pose, t, position, pose_ok, limbs)
             else:
                 tr = self._new(pose, t, position)
             src = people[int(idx[k])]
@@ -436,16 +443,22 @@ class TrackletTracker:
 
     # -- plausibility ---------------------------------------------------------------------
 
-    def _plausible(self, tr: Tracklet, pose: np.ndarray, t: float) -> np.ndarray | None:
-        """The pose with impossible joints removed; None if too little is left."""
+    def _plausible(
+        self, tr: Tracklet, pose: np.ndarray, t: float
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """The pose with impossible joints removed, with its confident() joints and
+        limb_lengths (measured once here, used again by _observe); None if too little
+        is left."""
         cfg = self.config
         mc = cfg.min_keypoint_confidence
         ok = confident(pose, mc)
         frames = max(1.0, (t - tr.t_last) / self._frame_dt) if self._frame_dt < math.inf else 1
-        last_ok = confident(tr.last, mc)
-        jump = np.linalg.norm(pose[:, :2] - tr.last[:, :2], axis=-1)
+        last_ok = tr.last_ok
+        if last_ok is None:
+            last_ok = tr.last_ok = confident(tr.last, mc)
+        jump = norm2(pose[:, :2] - tr.last[:, :2])
         bad = ok & last_ok & (jump > cfg.max_joint_jump * tr.scale * frames)
-        lengths = limb_lengths(pose[None], mc)[0]
+        lengths = limb_lengths(pose[None], mc, ok[None])[0]
         ref = tr.limb_reference()
         with np.errstate(invalid="ignore"):
             stretched = lengths > (1 + cfg.max_limb_growth) * ref
@@ -459,16 +472,23 @@ class TrackletTracker:
             tr.rejected_joints += int(bad.sum())
             pose[bad, :2] = np.nan
             pose[bad, 2] = 0.0
-        if (ok & ~bad).sum() < cfg.min_joints:
+            # What confident() and limb_lengths() give on the cleaned pose: a removed
+            # joint is no longer confident, and no limb with a removed end has a length.
+            ok = ok & ~bad
+            lengths = np.where(bad[LIMB_A] | bad[LIMB_B], np.nan, lengths)
+        if ok.sum() < cfg.min_joints:
             return None
-        return pose
+        return pose, ok, lengths
 
     # -- bookkeeping ----------------------------------------------------------------------
 
     def _new(self, pose: np.ndarray, t: float, position: int) -> Tracklet:
         cfg = self.config
-        ok = confident(pose, cfg.min_keypoint_confidence)
-        scale = float(body_scale(pose[None], cfg.min_keypoint_confidence)[0])
+        mc = cfg.min_keypoint_confidence
+        ok = confident(pose, mc)
+        limbs = limb_lengths(pose[None], mc, ok[None])
+        seg = segment_lengths(pose[None], mc, limbs)
+        scale = float(body_scale(pose[None], mc, limbs, ok[None], seg)[0])
         tr = Tracklet(
             tid=self._next,
             kalman=JointKalman(
@@ -483,29 +503,42 @@ class TrackletTracker:
             t_first=t,
             t_last=t,
             last=pose.copy(),
+            last_limbs=limbs[0],
+            last_ok=ok,
         )
         self._next += 1
-        self._record(tr, pose, t, position, scale)
+        self._record(tr, pose, t, position, scale, limbs, ok, seg)
         self.active.append(tr)
         return tr
 
-    def _observe(self, tr: Tracklet, pose: np.ndarray, t: float, position: int) -> None:
+    def _observe(
+        self,
+        tr: Tracklet,
+        pose: np.ndarray,
+        t: float,
+        position: int,
+        ok: np.ndarray,
+        limb_row: np.ndarray,
+    ) -> None:
+        """Fold in a plausible pose; `ok`, `limb_row`: its confident() joints and
+        limb_lengths, as _plausible measured them."""
         cfg = self.config
         mc = cfg.min_keypoint_confidence
-        ok = confident(pose, mc)
-        limbs = limb_lengths(pose[None], mc)
-        scale = float(body_scale(pose[None], mc, limbs)[0])
+        limbs = limb_row[None]
+        seg = segment_lengths(pose[None], mc, limbs)
+        scale = float(body_scale(pose[None], mc, limbs, ok[None], seg)[0])
         tr.kalman.update(t - tr.t_last, pose[:, :2], ok, pose[:, 2], tr.scale)
         tr.scale = 0.8 * tr.scale + 0.2 * scale
         tr.t_last = t
         if ok.all():
-            tr.last, tr.last_limbs = pose.copy(), limbs[0]
+            tr.last, tr.last_limbs, tr.last_ok = pose.copy(), limbs[0], ok
         else:
             merged = tr.last.copy()
             merged[ok] = pose[ok]  # a joint not seen now keeps its last sighting for jumps
-            tr.last, tr.last_limbs = merged, None  # recomputed when next needed
+            last_ok = None if tr.last_ok is None else tr.last_ok | ok
+            tr.last, tr.last_limbs, tr.last_ok = merged, None, last_ok  # limbs: when needed
         tr.hits += 1
-        self._record(tr, pose, t, position, scale, limbs)
+        self._record(tr, pose, t, position, scale, limbs, ok, seg)
 
     def _record(
         self,
@@ -514,16 +547,17 @@ class TrackletTracker:
         t: float,
         position: int,
         scale: float,
-        limbs: np.ndarray | None = None,
+        limbs: np.ndarray,
+        ok: np.ndarray,
+        seg: np.ndarray,
     ) -> None:
+        """`limbs`, `ok`, `seg`: limb_lengths, confident and segment_lengths of the pose."""
         mc = self.config.min_keypoint_confidence
         tr.frames.append(position)
         tr.times.append(t)
-        tr.centres.append(centre(pose[None], mc)[0])
+        tr.centres.append(centre(pose[None], mc, ok[None])[0])
         tr.scales.append(scale)
-        if limbs is None:
-            limbs = limb_lengths(pose[None], mc)
-        tr.signatures.append(frame_signatures(pose[None], mc, limbs)[0])
+        tr.signatures.append(frame_signatures(pose[None], mc, limbs, seg)[0])
         tr.limbs.append(limbs[0])
         tr._samples += 1
         if self.history is not None and len(tr.frames) >= 2 * self.history:
