@@ -34,16 +34,29 @@ class JointKalman:
         self.max_prediction_s = max_prediction_s
         self.unseen = np.where(ok, 0.0, np.inf)  # (J,) seconds since each joint was observed
         self.max_speed = 6.0  # body heights per second; no joint of a person moves faster
+        # The last prediction, (dt, scale, p, ppp): association predicts every track, and
+        # the update that follows in the same frame predicts the same again.
+        self._last_prediction: tuple[float, float, np.ndarray, np.ndarray] | None = None
+
+    def forget_prediction(self) -> None:
+        """Call after changing the state from outside (mirroring it)."""
+        self._last_prediction = None
 
     def predict(self, dt: float, scale: float) -> tuple[np.ndarray, np.ndarray]:
-        """Position (J, 2) and its variance (J,) `dt` seconds after the last observation."""
+        """Position (J, 2) and its variance (J,) `dt` seconds after the last observation
+        (arrays the caller must not modify)."""
         dt = max(dt, 0.0)
+        last = self._last_prediction
+        if last is not None and last[0] == dt and last[1] == scale:
+            return last[2], last[3]
         q = (self.accel_noise * scale) ** 2
         p = self.p + self.v * min(dt, self.max_prediction_s)
         ppp = self.ppp + 2 * dt * self.ppv + dt * dt * self.pvv + q * dt**3 / 3
         # A joint not seen for a while says nothing about where the person is now.
         stale = self.unseen + dt > self.max_prediction_s
-        return np.where(stale[:, None], np.nan, p), ppp
+        p = np.where(stale[:, None], np.nan, p)
+        self._last_prediction = (dt, scale, p, ppp)
+        return p, ppp
 
     def update(
         self, dt: float, xy: np.ndarray, ok: np.ndarray, conf: np.ndarray, scale: float
@@ -53,6 +66,7 @@ class JointKalman:
         dt = max(dt, 0.0)
         q = (self.accel_noise * scale) ** 2
         p, ppp = self.predict(dt, scale)
+        self._last_prediction = None  # the state changes below
         ppv = self.ppv + dt * self.pvv + q * dt * dt / 2
         pvv = self.pvv + q * dt
         if dt > self.max_prediction_s:
@@ -73,7 +87,7 @@ class JointKalman:
         self.p[fresh] = xy[fresh]
         self.v = np.where(upd[:, None], self.v + kv[:, None] * innov, self.v)
         self.v[fresh] = 0.0
-        speed = np.linalg.norm(self.v, axis=1, keepdims=True)
+        speed = np.sqrt(np.add.reduce(self.v * self.v, axis=1, keepdims=True))  # |v| per joint
         limit = self.max_speed * scale
         self.v = np.where(speed > limit, self.v * limit / np.maximum(speed, 1e-9), self.v)
         self.unseen[ok] = 0.0

@@ -76,6 +76,7 @@ class Tracklet:
     def adopt_mirror(self) -> None:
         """Mirror the tracklet's own state, so the detector's current labels fit as-is."""
         k = self.kalman
+        k.forget_prediction()
         k.p, k.v = k.p[MIRROR], k.v[MIRROR]
         k.ppp, k.ppv, k.pvv = k.ppp[MIRROR], k.ppv[MIRROR], k.pvv[MIRROR]
         self.last = self.last[MIRROR]
@@ -159,19 +160,20 @@ class TrackletTracker:
         d = kp.shape[0]
         if d < 2:
             return np.full((d, d), np.inf)  # one skeleton: nothing to be a duplicate of
-        cfg = self.config
-        alts = (kp, mirrored(kp))
-        best = np.full((d, d), np.inf)
-        for alt in alts:
-            alt_ok = confident(alt, cfg.min_keypoint_confidence)
-            both = ok[:, None, :] & alt_ok[None, :, :]
-            dist = np.linalg.norm(kp[:, None, :, :2] - alt[None, :, :, :2], axis=-1)
-            shared = both.sum(axis=-1)
-            # The median joint: a second skeleton on one person often shares the torso
-            # and places a limb or two elsewhere.
-            med = nanmedian(np.where(both, dist, np.nan), axis=-1) if d else dist
-            norm = np.where(np.isnan(med), np.inf, med) / np.minimum(scale[:, None], scale[None, :])
-            best = np.minimum(best, np.where(shared >= 3, norm, np.inf))
+        # Both labellings at once (columns :D as given, D: mirrored); confident() of a
+        # mirrored skeleton is its own, mirrored.
+        alt_xy = np.concatenate([kp[..., :2], kp[:, MIRROR, :2]])  # (2D, J, 2)
+        alt_ok = np.concatenate([ok, ok[:, MIRROR]])
+        both = ok[:, None, :] & alt_ok[None, :, :]
+        dist = norm2(kp[:, None, :, :2] - alt_xy[None])
+        shared = both.sum(axis=-1)
+        # The median joint: a second skeleton on one person often shares the torso
+        # and places a limb or two elsewhere.
+        med = nanmedian(np.where(both, dist, np.nan), axis=-1)
+        smaller = np.minimum(scale[:, None], scale[None, :])
+        norm = np.where(np.isnan(med), np.inf, med) / np.concatenate([smaller, smaller], axis=1)
+        norm = np.where(shared >= 3, norm, np.inf)
+        best = np.minimum(norm[:, :d], norm[:, d:])
         np.fill_diagonal(best, np.inf)
         return best
 
@@ -218,9 +220,6 @@ class TrackletTracker:
         track coasting for a while has a wide prediction, so everything is "near" it in
         sigmas, and it would steal the detection of a person seen a frame ago."""
         cfg = self.config
-        out: list[np.ndarray] = []
-        sigmas: list[np.ndarray] = []
-        jumps: list[np.ndarray] = []
         tr_scale = np.array([tr.scale for tr in self.active])
         pred, var, last = [], [], []
         for tr in self.active:
@@ -230,52 +229,54 @@ class TrackletTracker:
             last.append(tr.kalman.p)
         pred_a, var_a, last_a = np.stack(pred), np.stack(var), np.stack(last)
         tr_ok = np.isfinite(pred_a).all(axis=-1)  # (T, J)
+        since = np.array([t - tr.t_last for tr in self.active])
         # Matching at the last seen place is for someone who stepped out and came back
         # the way they went; for a frame or two of coasting the prediction is better (a
         # person missed at a crossing is further on, not where they were).
-        coasting = np.array([t - tr.t_last > 0.5 * cfg.max_prediction_s for tr in self.active])
+        coasting = since > 0.5 * cfg.max_prediction_s
         r = (cfg.measurement_noise * tr_scale) ** 2
-        since = np.array([t - tr.t_last for tr in self.active])
         spread = 0.5 * np.log1p(cfg.accel_noise**2 * since**3 / (3 * cfg.measurement_noise**2))
-        for alt, alt_ok in ((kp, ok), (mirrored(kp), mirrored(ok[..., None])[..., 0])):
-            both = tr_ok[:, None, :] & alt_ok[None, :, :]
-            shared = both.sum(axis=-1)
-            step = np.linalg.norm(last_a[:, None] - alt[None, :, :, :2], axis=-1)
-            with np.errstate(all="ignore"):
-                med = nanmedian(np.where(both, step, np.nan), axis=-1)
-            jumps.append(np.where(np.isnan(med), np.inf, med) / tr_scale[:, None])
-            best = np.full(shared.shape, np.inf)
-            best_sig = np.full(shared.shape, np.inf)
-            # Someone who stepped out often comes back where they left, not where their
-            # last motion pointed: a coasting track may also match at its last place.
-            places = [(pred_a, np.ones(len(self.active), dtype=bool)), (last_a, coasting)]
-            for place, rows in places:
-                if not rows.any():
-                    continue
-                dist = np.linalg.norm(place[:, None] - alt[None, :, :, :2], axis=-1)
-                dist = np.where(both, dist, 0.0)  # finite wherever both are seen
-                sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
-                z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
-                sig = z.sum(axis=-1) / np.maximum(shared, 1)
-                # The spread term depends only on how long a track has not been seen (the
-                # growth of its prediction's variance relative to the measurement noise,
-                # which is scale-free): tracks seen equally recently are compared on fit
-                # alone, and one seen a frame ago beats one that has coasted for a while.
-                nll = (0.5 * z**2).sum(axis=-1) / np.maximum(shared, 1) + spread[:, None]
-                px = dist.sum(axis=-1) / np.maximum(shared, 1) / tr_scale[:, None]
-                feasible = (
-                    rows[:, None]
-                    & (shared >= 3)
-                    & (sig <= cfg.gate_sigmas)
-                    & (px <= cfg.max_match_distance)
-                )
-                nll = np.where(feasible, nll, np.inf)
-                better = nll < best
-                best = np.where(better, nll, best)
-                best_sig = np.where(better, sig, best_sig)
-            out.append(np.where(np.isfinite(best), best, _INFEASIBLE))
-            sigmas.append(np.where(np.isfinite(best_sig), best_sig, _INFEASIBLE))
-        return out[0], out[1], sigmas[0], sigmas[1], jumps[0], jumps[1]
+        # Both labellings at once: the detections as given (columns :D) and mirrored
+        # (D:), one set of array operations for the two (the same arithmetic per element).
+        d = kp.shape[0]
+        alt_xy = np.concatenate([kp[..., :2], kp[:, MIRROR, :2]])  # (2D, J, 2)
+        alt_ok = np.concatenate([ok, ok[:, MIRROR]])
+        both = tr_ok[:, None, :] & alt_ok[None, :, :]  # (T, 2D, J)
+        shared = both.sum(axis=-1)
+        per_joint = np.maximum(shared, 1)
+        step = norm2(last_a[:, None] - alt_xy[None])
+        with np.errstate(all="ignore"):
+            med = nanmedian(np.where(both, step, np.nan), axis=-1)
+        jumps = np.where(np.isnan(med), np.inf, med) / tr_scale[:, None]
+        best = np.full(shared.shape, np.inf)
+        best_sig = np.full(shared.shape, np.inf)
+        sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
+        # Someone who stepped out often comes back where they left, not where their
+        # last motion pointed: a coasting track may also match at its last place.
+        places = [(pred_a, None), (last_a, coasting)]
+        for place, rows in places:
+            if rows is not None and not rows.any():
+                continue
+            dist = norm2(place[:, None] - alt_xy[None])
+            dist = np.where(both, dist, 0.0)  # finite wherever both are seen
+            z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
+            sig = z.sum(axis=-1) / per_joint
+            # The spread term depends only on how long a track has not been seen (the
+            # growth of its prediction's variance relative to the measurement noise,
+            # which is scale-free): tracks seen equally recently are compared on fit
+            # alone, and one seen a frame ago beats one that has coasted for a while.
+            nll = (0.5 * z**2).sum(axis=-1) / per_joint + spread[:, None]
+            px = dist.sum(axis=-1) / per_joint / tr_scale[:, None]
+            feasible = (shared >= 3) & (sig <= cfg.gate_sigmas) & (px <= cfg.max_match_distance)
+            if rows is not None:
+                feasible &= rows[:, None]
+            nll = np.where(feasible, nll, np.inf)
+            better = nll < best
+            best = np.where(better, nll, best)
+            best_sig = np.where(better, sig, best_sig)
+        cost = np.where(np.isfinite(best), best, _INFEASIBLE)
+        sigma = np.where(np.isfinite(best_sig), best_sig, _INFEASIBLE)
+        return cost[:, :d], cost[:, d:], sigma[:, :d], sigma[:, d:], jumps[:, :d], jumps[:, d:]
 
     def step(self, people: list[PersonPose], t: float, position: int) -> list[Observation]:
         """Associate one frame's detections; returns the kept ones with their tracklets."""
@@ -415,7 +416,7 @@ class TrackletTracker:
             enough = both.sum(axis=1) >= 3
             if not enough.any():
                 continue
-            dist = np.linalg.norm(p[None] - kp[..., :2], axis=-1)
+            dist = norm2(p[None] - kp[..., :2])
             with np.errstate(all="ignore"):
                 med = nanmedian(np.where(both, dist, np.nan), axis=1)
             limit = cfg.duplicate_distance * np.minimum(scale, tr.scale)
