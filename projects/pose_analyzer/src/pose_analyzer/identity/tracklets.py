@@ -298,14 +298,19 @@ class TrackletTracker:
             return []
 
         kp = np.stack([np.asarray(p.keypoints, dtype=np.float64) for p in people])
-        ok = confident(kp, cfg.min_keypoint_confidence)
+        mc = cfg.min_keypoint_confidence
+        ok = confident(kp, mc)
         keep = ok.sum(axis=1) >= cfg.min_joints
         self.dropped_small += int((~keep).sum())
-        scale = body_scale(kp, cfg.min_keypoint_confidence, ok=ok)
+        # Every detection measured once, all together: what association needs (the
+        # scale) and what the tracklet records for it afterwards (limbs, segments).
+        limbs = limb_lengths(kp, mc, ok)
+        seg = segment_lengths(kp, mc, limbs)
+        scale = body_scale(kp, mc, limbs, ok, seg)
         idx = np.flatnonzero(keep)
         if idx.size == 0:
             return []
-        kp, ok, scale = kp[idx], ok[idx], scale[idx]
+        kp, ok, scale, limbs, seg = kp[idx], ok[idx], scale[idx], limbs[idx], seg[idx]
         quality = ok.sum(axis=1) * np.array([people[int(i)].score for i in idx])
 
         assigned: dict[int, tuple[Tracklet, bool]] = {}
@@ -344,8 +349,10 @@ class TrackletTracker:
             pose = kp[k].copy()
             if k in assigned:
                 tr, swap = assigned[k]
+                flipped = False
                 if swap:
                     pose = mirrored(pose)
+                    flipped = True
                     tr.swaps += 1
                     tr.swap_run += 1
                     if tr.swap_run >= cfg.swap_persist_frames:
@@ -353,16 +360,22 @@ class TrackletTracker:
                         # rather than correct it for the rest of the tracklet.
                         tr.adopt_mirror()
                         pose = mirrored(pose)
+                        flipped = False
                 else:
                     tr.swap_run = 0
-                checked = self._plausible(tr, pose, t)
+                # Mirroring permutes joints and limbs; segments and scale take the
+                # longer side and the extent, which it leaves as they are.
+                pose_ok = ok[k][MIRROR] if flipped else ok[k]
+                pose_limbs = limbs[k][LIMB_MIRROR] if flipped else limbs[k]
+                checked = self._plausible(tr, pose, t, pose_ok, pose_limbs)
                 if checked is None:
                     self.dropped_impossible += 1
                     continue
-                pose, pose_ok, limbs = checked
-                self._observe(tr, pose, t, position, pose_ok, limbs)
+                pose, pose_ok, pose_limbs, cleaned = checked
+                measured = None if cleaned else (seg[k : k + 1], float(scale[k]))
+                self._observe(tr, pose, t, position, pose_ok, pose_limbs, measured)
             else:
-                tr = self._new(pose, t, position)
+                tr = self._new(pose, t, position, ok[k], limbs[k : k + 1], seg[k : k + 1])
             src = people[int(idx[k])]
             cleaned = dataclasses.replace(src, keypoints=pose.astype(np.float32), track_id=None)
             out.append(Observation(cleaned, tr, int(idx[k])))
@@ -445,21 +458,19 @@ class TrackletTracker:
     # -- plausibility ---------------------------------------------------------------------
 
     def _plausible(
-        self, tr: Tracklet, pose: np.ndarray, t: float
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-        """The pose with impossible joints removed, with its confident() joints and
-        limb_lengths (measured once here, used again by _observe); None if too little
-        is left."""
+        self, tr: Tracklet, pose: np.ndarray, t: float, ok: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None:
+        """The pose (`ok`, `lengths`: its confident() joints and limb_lengths) with
+        impossible joints removed: (pose, ok, lengths, whether any was removed); None if
+        too little is left."""
         cfg = self.config
         mc = cfg.min_keypoint_confidence
-        ok = confident(pose, mc)
         frames = max(1.0, (t - tr.t_last) / self._frame_dt) if self._frame_dt < math.inf else 1
         last_ok = tr.last_ok
         if last_ok is None:
             last_ok = tr.last_ok = confident(tr.last, mc)
         jump = norm2(pose[:, :2] - tr.last[:, :2])
         bad = ok & last_ok & (jump > cfg.max_joint_jump * tr.scale * frames)
-        lengths = limb_lengths(pose[None], mc, ok[None])[0]
         ref = tr.limb_reference()
         with np.errstate(invalid="ignore"):
             stretched = lengths > (1 + cfg.max_limb_growth) * ref
@@ -469,7 +480,8 @@ class TrackletTracker:
                     prev = tr.last_limbs = limb_lengths(tr.last[None], mc)[0]
                 stretched |= np.abs(lengths - prev) > cfg.max_limb_step * ref
         bad[LIMB_B[stretched]] = True
-        if bad.any():
+        cleaned = bool(bad.any())
+        if cleaned:
             tr.rejected_joints += int(bad.sum())
             pose[bad, :2] = np.nan
             pose[bad, 2] = 0.0
@@ -479,16 +491,23 @@ class TrackletTracker:
             lengths = np.where(bad[LIMB_A] | bad[LIMB_B], np.nan, lengths)
         if ok.sum() < cfg.min_joints:
             return None
-        return pose, ok, lengths
+        return pose, ok, lengths, cleaned
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _new(self, pose: np.ndarray, t: float, position: int) -> Tracklet:
+    def _new(
+        self,
+        pose: np.ndarray,
+        t: float,
+        position: int,
+        ok: np.ndarray,
+        limbs: np.ndarray,
+        seg: np.ndarray,
+    ) -> Tracklet:
+        """`ok` (J,), `limbs` (1, L), `seg` (1, S): the pose's confident joints, limb and
+        segment lengths."""
         cfg = self.config
         mc = cfg.min_keypoint_confidence
-        ok = confident(pose, mc)
-        limbs = limb_lengths(pose[None], mc, ok[None])
-        seg = segment_lengths(pose[None], mc, limbs)
         scale = float(body_scale(pose[None], mc, limbs, ok[None], seg)[0])
         tr = Tracklet(
             tid=self._next,
@@ -520,14 +539,19 @@ class TrackletTracker:
         position: int,
         ok: np.ndarray,
         limb_row: np.ndarray,
+        measured: tuple[np.ndarray, float] | None = None,
     ) -> None:
         """Fold in a plausible pose; `ok`, `limb_row`: its confident() joints and
-        limb_lengths, as _plausible measured them."""
+        limb_lengths, as _plausible measured them; `measured`: its (segment_lengths,
+        body_scale) if known (the detection's own, when nothing was removed from it)."""
         cfg = self.config
         mc = cfg.min_keypoint_confidence
         limbs = limb_row[None]
-        seg = segment_lengths(pose[None], mc, limbs)
-        scale = float(body_scale(pose[None], mc, limbs, ok[None], seg)[0])
+        if measured is None:
+            seg = segment_lengths(pose[None], mc, limbs)
+            scale = float(body_scale(pose[None], mc, limbs, ok[None], seg)[0])
+        else:
+            seg, scale = measured
         tr.kalman.update(t - tr.t_last, pose[:, :2], ok, pose[:, 2], tr.scale)
         tr.scale = 0.8 * tr.scale + 0.2 * scale
         tr.t_last = t
