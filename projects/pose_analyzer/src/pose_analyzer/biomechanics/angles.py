@@ -142,15 +142,25 @@ def _block(kp: np.ndarray, min_confidence: float) -> np.ndarray:
     np.abs(tx, out=tx)
     np.arctan2(tx, ty, out=out[_N_TRIPLES])
     out[_N_TRIPLES] *= _DEG
-    for k, (hip, knee, ankle, other) in enumerate(((_LH, _LK, _LA, _RH), (_RH, _RK, _RA, _LH))):
-        out[_N_TRIPLES + 1 + k] = _valgus(x, y, hip, knee, ankle, other)
+    # Both sides at once (rows left, right).
+    out[_N_TRIPLES + 1 : _N_TRIPLES + 3] = _valgus(x, y, _V_HIP, _V_KNEE, _V_ANKLE, _V_OTHER)
     return out
 
 
+_V_HIP, _V_KNEE = np.array([_LH, _RH]), np.array([_LK, _RK])
+_V_ANKLE, _V_OTHER = np.array([_LA, _RA]), np.array([_RH, _LH])
+
+
 def _valgus(
-    x: np.ndarray, y: np.ndarray, hip: int, knee: int, ankle: int, other: int
+    x: np.ndarray,
+    y: np.ndarray,
+    hip: np.ndarray,
+    knee: np.ndarray,
+    ankle: np.ndarray,
+    other: np.ndarray,
 ) -> np.ndarray:
-    """Signed frontal-plane knee deviation: + when the knee is medial of the hip-ankle line."""
+    """Signed frontal-plane knee deviation: + when the knee is medial of the hip-ankle line
+    (joint indices per side: rows of the result)."""
     hkx, hky = x[knee] - x[hip], y[knee] - y[hip]
     kax, kay = x[ankle] - x[knee], y[ankle] - y[knee]
     # 180 - interior angle at the knee = the turn between hip->knee and knee->ankle.
