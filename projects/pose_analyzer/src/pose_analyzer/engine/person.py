@@ -106,6 +106,11 @@ class PersonAnalyzer:
         horizon = exercise.drive.max_rep_s + 2.0
         self._anchors: deque[tuple[float, np.ndarray]] = deque()
         self._horizon = horizon
+        self._drive_cols = [ANGLE_INDEX[c] for c in exercise.drive.columns()]
+
+    def drive_value(self, angles: np.ndarray) -> float:
+        """drive_values(exercise, angles) of one (NUM_ANGLES,) sample, columns looked up once."""
+        return float(combine(angles[self._drive_cols], self.exercise.drive.combine))
 
     @property
     def track_id(self) -> int:
@@ -130,7 +135,7 @@ class PersonAnalyzer:
             self._anchors.append((t, anchor))
             while self._anchors and self._anchors[0][0] < t - self._horizon:
                 self._anchors.popleft()
-        value = float(drive_values(self.exercise, angles))
+        value = self.drive_value(angles)
         was_in_rep = self.counter.in_rep
         rep = self.counter.update(t, value, drive_velocity, payload=angles)
         if self._live is not None and self.counter.in_rep:

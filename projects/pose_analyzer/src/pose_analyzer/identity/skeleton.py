@@ -93,8 +93,10 @@ def segment_lengths(
     if limbs is None:
         limbs = limb_lengths(poses, min_confidence, ok)
     pair = limbs[:, _SEG_ROWS]  # (N, S, 2)
-    seen = np.isfinite(pair).any(axis=-1)
-    return np.where(seen, np.nanmax(np.where(np.isfinite(pair), pair, -1.0), axis=-1), np.nan)
+    finite = np.isfinite(pair)
+    seen = finite.any(axis=-1)
+    # max, not nanmax: no NaN is left to skip, and nanmax costs several times more here.
+    return np.where(seen, np.where(finite, pair, -1.0).max(axis=-1), np.nan)
 
 
 def body_scale(

@@ -98,7 +98,7 @@ class Tracklet:
         if len(self.limbs) < _MIN_LIMB_SAMPLES:
             return np.full(LIMB_B.shape[0], np.nan)
         if self._ref is None or self._ref_at + _LIMB_REFRESH <= self._samples:
-            hist = np.stack(self.limbs)
+            hist = np.array(self.limbs)
             n = np.isfinite(hist).sum(axis=0)
             self._ref = np.where(n >= _MIN_LIMB_SAMPLES, nanquantile(hist, 0.9, axis=0), np.nan)
             self._ref_at = self._samples
@@ -227,7 +227,8 @@ class TrackletTracker:
             pred.append(p)
             var.append(v)
             last.append(tr.kalman.p)
-        pred_a, var_a, last_a = np.stack(pred), np.stack(var), np.stack(last)
+        # (np.array of a list: np.stack's result at a fraction of its call overhead)
+        pred_a, var_a, last_a = np.array(pred), np.array(var), np.array(last)
         tr_ok = np.isfinite(pred_a).all(axis=-1)  # (T, J)
         since = np.array([t - tr.t_last for tr in self.active])
         # Matching at the last seen place is for someone who stepped out and came back
@@ -297,7 +298,7 @@ class TrackletTracker:
         if not people:
             return []
 
-        kp = np.stack([np.asarray(p.keypoints, dtype=np.float64) for p in people])
+        kp = np.array([p.keypoints for p in people], dtype=np.float64)
         mc = cfg.min_keypoint_confidence
         ok = confident(kp, mc)
         keep = ok.sum(axis=1) >= cfg.min_joints
