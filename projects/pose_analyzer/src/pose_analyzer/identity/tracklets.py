@@ -14,6 +14,7 @@ import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -210,11 +211,12 @@ class TrackletTracker:
 
     def _costs(
         self, kp: np.ndarray, ok: np.ndarray, scale: np.ndarray, t: float
-    ) -> tuple[np.ndarray, ...]:
+    ) -> tuple[Any, ...]:
         """(T, D) arrays, each as-is and mirrored: the assignment cost (mean negative
         log-likelihood per joint under the prediction; _INFEASIBLE outside the gate), the
-        mean normalised distance (sigmas) and the median joint distance to the last
-        observation in body heights (what a left/right swap is judged on).
+        mean normalised distance (sigmas), and a function that gives the median joint
+        distance to the last observation in body heights (what a left/right swap is
+        judged on).
 
         The likelihood, not the distance in sigmas, decides who gets a detection: a
         track coasting for a while has a wide prediction, so everything is "near" it in
@@ -245,10 +247,16 @@ class TrackletTracker:
         both = tr_ok[:, None, :] & alt_ok[None, :, :]  # (T, 2D, J)
         shared = both.sum(axis=-1)
         per_joint = np.maximum(shared, 1)
-        step = norm2(last_a[:, None] - alt_xy[None])
-        with np.errstate(all="ignore"):
-            med = nanmedian(np.where(both, step, np.nan), axis=-1)
-        jumps = np.where(np.isnan(med), np.inf, med) / tr_scale[:, None]
+
+        def jumps() -> tuple[np.ndarray, np.ndarray]:
+            """Median joint distance to the last observation (as given, mirrored): only
+            needed where a swap is in question, which is seldom; computed on demand."""
+            step = norm2(last_a[:, None] - alt_xy[None])
+            with np.errstate(all="ignore"):
+                med = nanmedian(np.where(both, step, np.nan), axis=-1)
+            jump = np.where(np.isnan(med), np.inf, med) / tr_scale[:, None]
+            return jump[:, :d], jump[:, d:]
+
         best = np.full(shared.shape, np.inf)
         best_sig = np.full(shared.shape, np.inf)
         sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
@@ -277,7 +285,7 @@ class TrackletTracker:
             best_sig = np.where(better, sig, best_sig)
         cost = np.where(np.isfinite(best), best, _INFEASIBLE)
         sigma = np.where(np.isfinite(best_sig), best_sig, _INFEASIBLE)
-        return cost[:, :d], cost[:, d:], sigma[:, :d], sigma[:, d:], jumps[:, :d], jumps[:, d:]
+        return cost[:, :d], cost[:, d:], sigma[:, :d], sigma[:, d:], jumps
 
     def step(self, people: list[PersonPose], t: float, position: int) -> list[Observation]:
         """Associate one frame's detections; returns the kept ones with their tracklets."""
@@ -317,19 +325,17 @@ class TrackletTracker:
         assigned: dict[int, tuple[Tracklet, bool]] = {}
         self.ambiguous: set[int] = set()
         if self.active:
-            direct, mirror, z_direct, z_mirror, step, step_m = self._costs(kp, ok, scale, t)
+            direct, mirror, z_direct, z_mirror, jumps = self._costs(kp, ok, scale, t)
             hits = np.array([tr.hits for tr in self.active])[:, None]
             # A swap is a jump of the labels, not a motion: the mirrored skeleton must sit
             # clearly nearer the last observation than the skeleton as given, and fit the
             # motion model better too. A person seen side-on (left and right joints close)
             # never qualifies, so a real turn is not "corrected".
-            use_mirror = (
-                (hits >= 5)
-                & (mirror < _INFEASIBLE)
-                & (z_mirror < cfg.swap_gain * z_direct)
-                & (step > cfg.swap_min_step)
-                & (step_m < cfg.swap_gain * step)
-            ) | ((direct >= _INFEASIBLE) & (mirror < _INFEASIBLE))
+            swap = (hits >= 5) & (mirror < _INFEASIBLE) & (z_mirror < cfg.swap_gain * z_direct)
+            if swap.any():
+                step, step_m = jumps()
+                swap &= (step > cfg.swap_min_step) & (step_m < cfg.swap_gain * step)
+            use_mirror = swap | ((direct >= _INFEASIBLE) & (mirror < _INFEASIBLE))
             cost = np.where(use_mirror, mirror, direct)
             # Two tracklets on one place: an established one takes the detection.
             cost = np.where((cost < _INFEASIBLE) & (hits < cfg.min_hits), cost + 0.5, cost)
