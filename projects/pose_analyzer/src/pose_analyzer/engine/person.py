@@ -52,7 +52,8 @@ def body_anchor(keypoints: np.ndarray, min_confidence: float = 0.5) -> np.ndarra
     xy[kp[..., 2] < min_confidence] = np.nan
     hip = (xy[..., _LH, :] + xy[..., _RH, :]) / 2.0
     shoulder = (xy[..., _LS, :] + xy[..., _RS, :]) / 2.0
-    height = np.linalg.norm(shoulder - hip, axis=-1) / TRUNK_TO_HEIGHT
+    d = shoulder - hip
+    height = np.sqrt(np.add.reduce(d * d, axis=-1)) / TRUNK_TO_HEIGHT  # np.linalg.norm's value
     return np.concatenate([hip, height[..., None]], axis=-1)
 
 

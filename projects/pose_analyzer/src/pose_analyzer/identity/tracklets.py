@@ -128,6 +128,15 @@ def _centre_velocity(
     return ((c[sel] - c[sel].mean(axis=0)) * tt[:, None]).sum(axis=0) / (tt**2).sum()
 
 
+def with_pose(src: PersonPose, keypoints: np.ndarray, track_id: int | None) -> PersonPose:
+    """dataclasses.replace(src, keypoints=..., track_id=...), built directly for a plain
+    PersonPose (replace introspects the fields on every call; this runs per person per
+    frame)."""
+    if type(src) is PersonPose:
+        return PersonPose(keypoints, src.score, src.box, track_id)
+    return dataclasses.replace(src, keypoints=keypoints, track_id=track_id)
+
+
 @dataclass
 class Observation:
     """A detection that survived cleaning, and the tracklet it now belongs to."""
@@ -188,6 +197,8 @@ class TrackletTracker:
         cfg = self.config
         d = close.shape[0]
         drop = np.zeros(d, dtype=bool)
+        if d < 2:
+            return drop  # one skeleton is nobody's duplicate
 
         def established(k: int) -> Tracklet | None:
             a = assigned.get(k)
@@ -384,7 +395,7 @@ class TrackletTracker:
             else:
                 tr = self._new(pose, t, position, ok[k], limbs[k : k + 1], seg[k : k + 1])
             src = people[int(idx[k])]
-            cleaned = dataclasses.replace(src, keypoints=pose.astype(np.float32), track_id=None)
+            cleaned = with_pose(src, pose.astype(np.float32), None)
             out.append(Observation(cleaned, tr, int(idx[k])))
         return out
 
