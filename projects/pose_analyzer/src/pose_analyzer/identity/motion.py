@@ -96,6 +96,12 @@ class JointKalman:
         if too_fast.any():
             self.v = np.where(too_fast, self.v * limit / np.maximum(speed, 1e-9), self.v)
         self.unseen[ok] = 0.0
-        self.ppp = np.where(upd, (1 - kp) * ppp, np.where(fresh, r, ppp))
-        self.ppv = np.where(upd, (1 - kp) * ppv, np.where(fresh, 0.0, ppv))
-        self.pvv = np.where(upd, pvv - kv * ppv, np.where(fresh, (1.0 * scale) ** 2, pvv))
+        if any_fresh:  # a fresh joint restarts its variances
+            ppp_keep = np.where(fresh, r, ppp)
+            ppv_keep = np.where(fresh, 0.0, ppv)
+            pvv_keep = np.where(fresh, (1.0 * scale) ** 2, pvv)
+        else:
+            ppp_keep, ppv_keep, pvv_keep = ppp, ppv, pvv
+        self.ppp = np.where(upd, (1 - kp) * ppp, ppp_keep)
+        self.ppv = np.where(upd, (1 - kp) * ppv, ppv_keep)
+        self.pvv = np.where(upd, pvv - kv * ppv, pvv_keep)
