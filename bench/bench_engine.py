@@ -7,7 +7,14 @@
    frame; offline: the same frames, then the recording analyzed at the end) on
    the same frames in the same run. Passes alternate (detector, live, offline,
    detector, ...) so that load from other processes hits all alike; ratios are
-   of medians. Also the engine alone per frame on the cached detections.
+   of medians. The engine's share is the CPU time of the thread that runs it,
+   during its calls; the process's CPU time over the same calls is recorded
+   beside it (`engine_process_cpu_ms_per_frame`): were MediaPipe's worker
+   threads still running during the engine's calls, it would be larger (it is
+   not: the detector returns when its graph is done). Also the engine alone
+   per frame on the cached detections, no detector in between: the same code
+   costs about half as much there, because after each inference of the
+   detector it runs with cold caches (measured, docs/engine.md).
 2. Start-up, wall time from process start: `pose-analyzer exercises` to exit, and
    `pose-analyzer analyze` until its first frame reaches the engine (keypoint file;
    video with MediaPipe, model load included). Medians of --startup-runs.
@@ -68,6 +75,7 @@ def _pass(kind: str, images: list[Any], fps: float) -> dict[str, float]:
     engine = LiveEngine("jumping_jack") if kind == "live" else None
     frames = []
     engine_cpu = 0.0
+    engine_proc = 0.0
     h, w = images[0].shape[:2]
     try:
         cpu0 = cpu_seconds()
@@ -77,24 +85,31 @@ def _pass(kind: str, images: list[Any], fps: float) -> dict[str, float]:
                 continue
             frame = FramePoses(i, i / fps, w, h, people)
             if engine is not None:
-                e0 = time.thread_time()
+                p0, e0 = cpu_seconds(), time.thread_time()
                 engine.update(frame)
                 engine_cpu += time.thread_time() - e0
+                engine_proc += cpu_seconds() - p0
             else:
                 frames.append(frame)
         if kind == "offline":
-            e0 = time.thread_time()
+            p0, e0 = cpu_seconds(), time.thread_time()
             analyze_recording(frames, "jumping_jack", fps)
             engine_cpu += time.thread_time() - e0
+            engine_proc += cpu_seconds() - p0
         elif engine is not None:
-            e0 = time.thread_time()
+            p0, e0 = cpu_seconds(), time.thread_time()
             engine.finish()
             engine_cpu += time.thread_time() - e0
+            engine_proc += cpu_seconds() - p0
         total = cpu_seconds() - cpu0
     finally:
         detector.close()
     n = len(images)
-    return {"cpu_ms_per_frame": 1000 * total / n, "engine_cpu_ms_per_frame": 1000 * engine_cpu / n}
+    return {
+        "cpu_ms_per_frame": 1000 * total / n,
+        "engine_cpu_ms_per_frame": 1000 * engine_cpu / n,
+        "engine_process_cpu_ms_per_frame": 1000 * engine_proc / n,
+    }
 
 
 def engine_cost(repeats: int) -> dict[str, Any]:
@@ -111,6 +126,10 @@ def engine_cost(repeats: int) -> dict[str, Any]:
         "detector_cpu_ms_per_frame": round(det, 2),
         "live_engine_cpu_ms_per_frame": round(med["live"]["engine_cpu_ms_per_frame"], 3),
         "offline_engine_cpu_ms_per_frame": round(med["offline"]["engine_cpu_ms_per_frame"], 3),
+        # The whole process's CPU time over the engine's calls (all threads).
+        "live_engine_process_cpu_ms_per_frame": round(
+            med["live"]["engine_process_cpu_ms_per_frame"], 3
+        ),
         # Whole pass over bare detector pass; the engine's own share measured inside the pass.
         "live_ratio_whole_pass": round(med["live"]["cpu_ms_per_frame"] / det, 4),
         "offline_ratio_whole_pass": round(med["offline"]["cpu_ms_per_frame"] / det, 4),
@@ -122,14 +141,30 @@ def engine_cost(repeats: int) -> dict[str, Any]:
 
 
 def engine_alone() -> dict[str, float]:
-    """Engine per frame on the cached detections: no detector, no decode."""
+    """Engine per frame on the cached detections: no detector, no decode.
+
+    Also the live engine with the caches evicted before every frame (64 MiB written
+    between frames, outside the timing): how much of the engine's cost inside the
+    detector's pass is the same code running cold after each inference."""
+    import numpy as np
+
     from pose_analyzer.detectors.replay import read_keypoints
     from pose_analyzer.engine import LiveEngine, analyze_recording
     from pose_analyzer.engine.modes import identify_recording
 
     frames = list(read_keypoints(REAL / "sports2d_demo.jsonl"))
     known, _ = identify_recording(frames)  # person ids given: the engine without identity
-    live_ms, off_ms, bare_ms = [], [], []
+    live_ms, off_ms, bare_ms, cold_ms = [], [], [], []
+    evict = np.ones(64 * 1024 * 1024 // 8)
+    for _ in range(3):
+        engine = LiveEngine("jumping_jack")
+        spent = 0.0
+        for f in frames:
+            evict *= 1.0
+            t0 = time.thread_time()
+            engine.update(f)
+            spent += time.thread_time() - t0
+        cold_ms.append(1000 * spent / len(frames))
     for _ in range(5):
         engine = LiveEngine("jumping_jack")
         t0 = time.thread_time()
@@ -150,6 +185,7 @@ def engine_alone() -> dict[str, float]:
         "live_cpu_ms_per_frame": round(statistics.median(live_ms), 3),
         "offline_cpu_ms_per_frame": round(statistics.median(off_ms), 3),
         "live_without_identity_cpu_ms_per_frame": round(statistics.median(bare_ms), 3),
+        "live_caches_evicted_cpu_ms_per_frame": round(statistics.median(cold_ms), 3),
     }
 
 

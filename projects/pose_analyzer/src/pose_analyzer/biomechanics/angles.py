@@ -98,6 +98,7 @@ _LS, _RS, _LH, _RH = (_j(n) for n in ("left_shoulder", "right_shoulder", "left_h
 _LK, _RK, _LA, _RA = (_j(n) for n in ("left_knee", "right_knee", "left_ankle", "right_ankle"))
 
 _DEG = np.float32(180.0 / np.pi)
+_SIGN_DEG = _SIGN[:, None] * _DEG
 
 
 def gate(keypoints: npt.ArrayLike, min_confidence: float = DEFAULT_MIN_CONFIDENCE) -> np.ndarray:
@@ -134,7 +135,7 @@ def _block(kp: np.ndarray, min_confidence: float) -> np.ndarray:
     uy *= vy
     ux += uy  # dot product
     triples = np.arctan2(cross, ux, out=out[:_N_TRIPLES])
-    triples *= _SIGN[:, None] * _DEG
+    triples *= _SIGN_DEG
     triples += _OFFSET[:, None]
     # Trunk lean: hip midpoint -> shoulder midpoint against image vertical (up is -y).
     tx = (x[_LS] + x[_RS]) - (x[_LH] + x[_RH])
@@ -142,21 +143,33 @@ def _block(kp: np.ndarray, min_confidence: float) -> np.ndarray:
     np.abs(tx, out=tx)
     np.arctan2(tx, ty, out=out[_N_TRIPLES])
     out[_N_TRIPLES] *= _DEG
-    for k, (hip, knee, ankle, other) in enumerate(((_LH, _LK, _LA, _RH), (_RH, _RK, _RA, _LH))):
-        out[_N_TRIPLES + 1 + k] = _valgus(x, y, hip, knee, ankle, other)
+    # Both sides at once (rows left, right).
+    out[_N_TRIPLES + 1 : _N_TRIPLES + 3] = _valgus(x, y, _V_HIP, _V_KNEE, _V_ANKLE, _V_OTHER)
     return out
 
 
+_V_HIP, _V_KNEE = np.array([_LH, _RH]), np.array([_LK, _RK])
+_V_ANKLE, _V_OTHER = np.array([_LA, _RA]), np.array([_RH, _LH])
+
+
 def _valgus(
-    x: np.ndarray, y: np.ndarray, hip: int, knee: int, ankle: int, other: int
+    x: np.ndarray,
+    y: np.ndarray,
+    hip: np.ndarray,
+    knee: np.ndarray,
+    ankle: np.ndarray,
+    other: np.ndarray,
 ) -> np.ndarray:
-    """Signed frontal-plane knee deviation: + when the knee is medial of the hip-ankle line."""
-    hkx, hky = x[knee] - x[hip], y[knee] - y[hip]
-    kax, kay = x[ankle] - x[knee], y[ankle] - y[knee]
+    """Signed frontal-plane knee deviation: + when the knee is medial of the hip-ankle line
+    (joint indices per side: rows of the result)."""
+    xh, yh, xk, yk = x[hip], y[hip], x[knee], y[knee]  # each joint's rows gathered once
+    xa, ya, xo, yo = x[ankle], y[ankle], x[other], y[other]
+    hkx, hky = xk - xh, yk - yh
+    kax, kay = xa - xk, ya - yk
     # 180 - interior angle at the knee = the turn between hip->knee and knee->ankle.
     deviation = np.arctan2(np.abs(hkx * kay - hky * kax), hkx * kax + hky * kay) * _DEG
-    hax, hay = x[ankle] - x[hip], y[ankle] - y[hip]
-    mx, my = x[other] - x[hip], y[other] - y[hip]  # toward the midline
+    hax, hay = xa - xh, ya - yh
+    mx, my = xo - xh, yo - yh  # toward the midline
     # Same side of the hip-ankle line as the other hip = medial.
     side = np.sign((hax * hky - hay * hkx) * (hax * my - hay * mx))
     leg = np.hypot(hkx, hky) + np.hypot(kax, kay)

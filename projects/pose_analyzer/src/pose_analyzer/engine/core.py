@@ -201,7 +201,7 @@ class LiveEngine:
         people = self._ids.update(frame)
         result = FrameResult(index=frame.index, t=frame.t)
         if people:
-            stack = np.stack([p.keypoints for p in people])
+            stack = np.array([p.keypoints for p in people])
             all_angles = compute_angles(stack, self.config.min_confidence).astype(np.float64)
             all_anchors = body_anchor(stack, self.config.min_confidence)
             for person, raw, anchor in zip(people, all_angles, all_anchors, strict=True):
@@ -231,7 +231,7 @@ class LiveEngine:
         analyzer = lp.analyzer
         analyzer.frames_seen += 1
         anomalies_before = len(analyzer.anomalies)
-        new_rep = analyzer.step(t, smooth, float(drive_values(self.exercise, velocity)), anchor)
+        new_rep = analyzer.step(t, smooth, analyzer.drive_value(velocity), anchor)
         if self.keep_series:
             lp.angle_rows.append(smooth)
             lp.times.append(t)

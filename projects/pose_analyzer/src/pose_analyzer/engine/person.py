@@ -52,7 +52,8 @@ def body_anchor(keypoints: np.ndarray, min_confidence: float = 0.5) -> np.ndarra
     xy[kp[..., 2] < min_confidence] = np.nan
     hip = (xy[..., _LH, :] + xy[..., _RH, :]) / 2.0
     shoulder = (xy[..., _LS, :] + xy[..., _RS, :]) / 2.0
-    height = np.linalg.norm(shoulder - hip, axis=-1) / TRUNK_TO_HEIGHT
+    d = shoulder - hip
+    height = np.sqrt(np.add.reduce(d * d, axis=-1)) / TRUNK_TO_HEIGHT  # np.linalg.norm's value
     return np.concatenate([hip, height[..., None]], axis=-1)
 
 
@@ -106,6 +107,11 @@ class PersonAnalyzer:
         horizon = exercise.drive.max_rep_s + 2.0
         self._anchors: deque[tuple[float, np.ndarray]] = deque()
         self._horizon = horizon
+        self._drive_cols = [ANGLE_INDEX[c] for c in exercise.drive.columns()]
+
+    def drive_value(self, angles: np.ndarray) -> float:
+        """drive_values(exercise, angles) of one (NUM_ANGLES,) sample, columns looked up once."""
+        return float(combine(angles[self._drive_cols], self.exercise.drive.combine))
 
     @property
     def track_id(self) -> int:
@@ -130,7 +136,7 @@ class PersonAnalyzer:
             self._anchors.append((t, anchor))
             while self._anchors and self._anchors[0][0] < t - self._horizon:
                 self._anchors.popleft()
-        value = float(drive_values(self.exercise, angles))
+        value = self.drive_value(angles)
         was_in_rep = self.counter.in_rep
         rep = self.counter.update(t, value, drive_velocity, payload=angles)
         if self._live is not None and self.counter.in_rep:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,7 +9,7 @@ from scipy.optimize import linear_sum_assignment
 
 from pose_analyzer.identity.config import IdentityConfig
 from pose_analyzer.identity.persons import INFEASIBLE, link_cost, shadow_host
-from pose_analyzer.identity.tracklets import Observation, Tracklet, TrackletTracker
+from pose_analyzer.identity.tracklets import Observation, Tracklet, TrackletTracker, with_pose
 from pose_analyzer.keypoints import FramePoses, PersonPose
 
 _HISTORY = 300  # frames of per-frame records a live tracklet keeps (~10 s at 30 fps)
@@ -61,7 +60,7 @@ class LiveIdentity:
             pid = o.tracklet.person
             if pid is not None and pid not in seen:
                 seen.add(pid)
-                out.append((o.order, dataclasses.replace(o.person, track_id=pid)))
+                out.append((o.order, with_pose(o.person, o.person.keypoints, pid)))
         return [p for _, p in sorted(out, key=lambda x: x[0])]
 
     def _confirm(self, pending: list[Observation], obs: list[Observation], t: float) -> None:

@@ -65,40 +65,64 @@ def confident(poses: np.ndarray, min_confidence: float) -> np.ndarray:
     )
 
 
-def limb_lengths(poses: np.ndarray, min_confidence: float) -> np.ndarray:
-    """(N, len(LIMBS)) pixel length of each limb, NaN where an end is not confident."""
-    ok = confident(poses, min_confidence)
-    d = np.linalg.norm(poses[:, LIMB_A, :2] - poses[:, LIMB_B, :2], axis=-1)
+def norm2(v: np.ndarray) -> np.ndarray:
+    """Euclidean length along the last axis: np.linalg.norm(v, axis=-1), the same
+    arithmetic (sqrt of the sum of squares) without its several microseconds of
+    argument handling, which dominate on these small arrays."""
+    return np.sqrt(np.add.reduce(v * v, axis=-1))
+
+
+def limb_lengths(
+    poses: np.ndarray, min_confidence: float, ok: np.ndarray | None = None
+) -> np.ndarray:
+    """(N, len(LIMBS)) pixel length of each limb, NaN where an end is not confident
+    (`ok`: confident() of the same poses, if the caller has it)."""
+    if ok is None:
+        ok = confident(poses, min_confidence)
+    d = norm2(poses[:, LIMB_A, :2] - poses[:, LIMB_B, :2])
     return np.where(ok[:, LIMB_A] & ok[:, LIMB_B], d, np.nan)
 
 
 def segment_lengths(
-    poses: np.ndarray, min_confidence: float, limbs: np.ndarray | None = None
+    poses: np.ndarray,
+    min_confidence: float,
+    limbs: np.ndarray | None = None,
+    ok: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, len(SEGMENTS)): the longer side of each segment, NaN where neither side is seen."""
     if limbs is None:
-        limbs = limb_lengths(poses, min_confidence)
+        limbs = limb_lengths(poses, min_confidence, ok)
     pair = limbs[:, _SEG_ROWS]  # (N, S, 2)
-    seen = np.isfinite(pair).any(axis=-1)
-    return np.where(seen, np.nanmax(np.where(np.isfinite(pair), pair, -1.0), axis=-1), np.nan)
+    finite = np.isfinite(pair)
+    seen = finite.any(axis=-1)
+    # max, not nanmax: no NaN is left to skip, and nanmax costs several times more here.
+    return np.where(seen, np.where(finite, pair, -1.0).max(axis=-1), np.nan)
 
 
 def body_scale(
-    poses: np.ndarray, min_confidence: float, limbs: np.ndarray | None = None
+    poses: np.ndarray,
+    min_confidence: float,
+    limbs: np.ndarray | None = None,
+    ok: np.ndarray | None = None,
+    seg: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N,) body height in pixels, at least 8.
 
     From the torso when it is seen (it does not grow when the arms go up, as a box does),
-    else from the extent of the confident joints.
+    else from the extent of the confident joints. `limbs`, `ok`, `seg`: limb_lengths,
+    confident and segment_lengths of the same poses, if the caller has them.
     """
-    ok = confident(poses, min_confidence)
+    if ok is None:
+        ok = confident(poses, min_confidence)
     m = ok[..., None]
     # Extent of the confident joints (max/min over masked values, not nanmax/nanmin,
     # which cost several times more on these small arrays); NaN where none is confident.
     hi = np.where(m, poses[..., :2], -np.inf).max(axis=1)
     lo = np.where(m, poses[..., :2], np.inf).min(axis=1)
     box = np.where(ok.any(axis=1), (hi - lo).max(axis=1), np.nan)
-    torso = segment_lengths(poses, min_confidence, limbs)[:, TORSO] * _HEIGHT_PER_TORSO
+    if seg is None:
+        seg = segment_lengths(poses, min_confidence, limbs, ok)
+    torso = seg[:, TORSO] * _HEIGHT_PER_TORSO
     # (np.where on isnan, not np.nan_to_num: the same values at a fraction of the cost
     # on these small arrays, and this runs per detection per frame.)
     scale = np.where(
@@ -107,23 +131,31 @@ def body_scale(
     return np.maximum(np.where(np.isnan(scale), 8.0, scale), 8.0)
 
 
-def centre(poses: np.ndarray, min_confidence: float) -> np.ndarray:
+_TORSO_JOINTS = np.zeros(len(JOINTS), dtype=bool)
+_TORSO_JOINTS[[J["left_shoulder"], J["right_shoulder"], J["left_hip"], J["right_hip"]]] = True
+
+
+def centre(poses: np.ndarray, min_confidence: float, ok: np.ndarray | None = None) -> np.ndarray:
     """(N, 2) mean of the confident torso joints (all confident joints if none), NaN if none."""
-    ok = confident(poses, min_confidence)
-    torso = np.zeros(poses.shape[1], dtype=bool)
-    torso[[J["left_shoulder"], J["right_shoulder"], J["left_hip"], J["right_hip"]]] = True
-    use = np.where((ok & torso).any(axis=1, keepdims=True), ok & torso, ok)
+    if ok is None:
+        ok = confident(poses, min_confidence)
+    in_torso = ok & _TORSO_JOINTS
+    use = np.where(in_torso.any(axis=1, keepdims=True), in_torso, ok)
     xy = np.where(use[..., None], poses[..., :2], 0.0).sum(axis=1)
     n = use.sum(axis=1, keepdims=True)
     return np.where(n > 0, xy / np.maximum(n, 1), np.nan)
 
 
 def frame_signatures(
-    poses: np.ndarray, min_confidence: float, limbs: np.ndarray | None = None
+    poses: np.ndarray,
+    min_confidence: float,
+    limbs: np.ndarray | None = None,
+    seg: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, SIGNATURE_SIZE) per-frame log(segment / torso), NaN where not measurable
-    (`limbs`: limb_lengths of the same poses, if the caller has them)."""
-    seg = segment_lengths(poses, min_confidence, limbs)
+    (`limbs`, `seg`: limb_lengths, segment_lengths of the same poses, if the caller has them)."""
+    if seg is None:
+        seg = segment_lengths(poses, min_confidence, limbs)
     with np.errstate(all="ignore"):
         return np.log(seg[:, :TORSO] / seg[:, TORSO : TORSO + 1])
 

@@ -14,6 +14,7 @@ import dataclasses
 import math
 from collections import deque
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -21,6 +22,7 @@ from scipy.optimize import linear_sum_assignment
 from pose_analyzer.identity.config import IdentityConfig
 from pose_analyzer.identity.motion import JointKalman
 from pose_analyzer.identity.skeleton import (
+    LIMB_A,
     LIMB_B,
     LIMB_MIRROR,
     MIRROR,
@@ -32,6 +34,8 @@ from pose_analyzer.identity.skeleton import (
     mirrored,
     nanmedian,
     nanquantile,
+    norm2,
+    segment_lengths,
 )
 from pose_analyzer.keypoints import PersonPose
 
@@ -65,6 +69,7 @@ class Tracklet:
     swap_run: int = 0  # consecutive frames whose labels had to be mirrored
     relabelled: int = 0  # times the detector's new labelling was adopted
     last_limbs: np.ndarray | None = None  # limb_lengths of `last` (kept with it)
+    last_ok: np.ndarray | None = None  # confident() of `last` (kept with it)
     _samples: int = 0  # limb samples appended so far
     _ref: np.ndarray | None = None  # cached limb_reference()
     _ref_at: int = 0  # _samples when _ref was computed
@@ -72,11 +77,14 @@ class Tracklet:
     def adopt_mirror(self) -> None:
         """Mirror the tracklet's own state, so the detector's current labels fit as-is."""
         k = self.kalman
+        k.forget_prediction()
         k.p, k.v = k.p[MIRROR], k.v[MIRROR]
         k.ppp, k.ppv, k.pvv = k.ppp[MIRROR], k.ppv[MIRROR], k.pvv[MIRROR]
         self.last = self.last[MIRROR]
         if self.last_limbs is not None:
             self.last_limbs = self.last_limbs[LIMB_MIRROR]
+        if self.last_ok is not None:
+            self.last_ok = self.last_ok[MIRROR]
         self.limbs = deque((row[LIMB_MIRROR] for row in self.limbs), maxlen=self.limbs.maxlen)
         self._ref = None
         self.swap_run = 0
@@ -91,7 +99,7 @@ class Tracklet:
         if len(self.limbs) < _MIN_LIMB_SAMPLES:
             return np.full(LIMB_B.shape[0], np.nan)
         if self._ref is None or self._ref_at + _LIMB_REFRESH <= self._samples:
-            hist = np.stack(self.limbs)
+            hist = np.array(self.limbs)
             n = np.isfinite(hist).sum(axis=0)
             self._ref = np.where(n >= _MIN_LIMB_SAMPLES, nanquantile(hist, 0.9, axis=0), np.nan)
             self._ref_at = self._samples
@@ -118,6 +126,15 @@ def _centre_velocity(
         return np.zeros(2)
     tt = t[sel] - t[sel].mean()
     return ((c[sel] - c[sel].mean(axis=0)) * tt[:, None]).sum(axis=0) / (tt**2).sum()
+
+
+def with_pose(src: PersonPose, keypoints: np.ndarray, track_id: int | None) -> PersonPose:
+    """dataclasses.replace(src, keypoints=..., track_id=...), built directly for a plain
+    PersonPose (replace introspects the fields on every call; this runs per person per
+    frame)."""
+    if type(src) is PersonPose:
+        return PersonPose(keypoints, src.score, src.box, track_id)
+    return dataclasses.replace(src, keypoints=keypoints, track_id=track_id)
 
 
 @dataclass
@@ -153,19 +170,20 @@ class TrackletTracker:
         d = kp.shape[0]
         if d < 2:
             return np.full((d, d), np.inf)  # one skeleton: nothing to be a duplicate of
-        cfg = self.config
-        alts = (kp, mirrored(kp))
-        best = np.full((d, d), np.inf)
-        for alt in alts:
-            alt_ok = confident(alt, cfg.min_keypoint_confidence)
-            both = ok[:, None, :] & alt_ok[None, :, :]
-            dist = np.linalg.norm(kp[:, None, :, :2] - alt[None, :, :, :2], axis=-1)
-            shared = both.sum(axis=-1)
-            # The median joint: a second skeleton on one person often shares the torso
-            # and places a limb or two elsewhere.
-            med = nanmedian(np.where(both, dist, np.nan), axis=-1) if d else dist
-            norm = np.where(np.isnan(med), np.inf, med) / np.minimum(scale[:, None], scale[None, :])
-            best = np.minimum(best, np.where(shared >= 3, norm, np.inf))
+        # Both labellings at once (columns :D as given, D: mirrored); confident() of a
+        # mirrored skeleton is its own, mirrored.
+        alt_xy = np.concatenate([kp[..., :2], kp[:, MIRROR, :2]])  # (2D, J, 2)
+        alt_ok = np.concatenate([ok, ok[:, MIRROR]])
+        both = ok[:, None, :] & alt_ok[None, :, :]
+        dist = norm2(kp[:, None, :, :2] - alt_xy[None])
+        shared = both.sum(axis=-1)
+        # The median joint: a second skeleton on one person often shares the torso
+        # and places a limb or two elsewhere.
+        med = nanmedian(np.where(both, dist, np.nan), axis=-1)
+        smaller = np.minimum(scale[:, None], scale[None, :])
+        norm = np.where(np.isnan(med), np.inf, med) / np.concatenate([smaller, smaller], axis=1)
+        norm = np.where(shared >= 3, norm, np.inf)
+        best = np.minimum(norm[:, :d], norm[:, d:])
         np.fill_diagonal(best, np.inf)
         return best
 
@@ -179,6 +197,8 @@ class TrackletTracker:
         cfg = self.config
         d = close.shape[0]
         drop = np.zeros(d, dtype=bool)
+        if d < 2:
+            return drop  # one skeleton is nobody's duplicate
 
         def established(k: int) -> Tracklet | None:
             a = assigned.get(k)
@@ -202,19 +222,17 @@ class TrackletTracker:
 
     def _costs(
         self, kp: np.ndarray, ok: np.ndarray, scale: np.ndarray, t: float
-    ) -> tuple[np.ndarray, ...]:
+    ) -> tuple[Any, ...]:
         """(T, D) arrays, each as-is and mirrored: the assignment cost (mean negative
         log-likelihood per joint under the prediction; _INFEASIBLE outside the gate), the
-        mean normalised distance (sigmas) and the median joint distance to the last
-        observation in body heights (what a left/right swap is judged on).
+        mean normalised distance (sigmas), and a function that gives the median joint
+        distance to the last observation in body heights (what a left/right swap is
+        judged on).
 
         The likelihood, not the distance in sigmas, decides who gets a detection: a
         track coasting for a while has a wide prediction, so everything is "near" it in
         sigmas, and it would steal the detection of a person seen a frame ago."""
         cfg = self.config
-        out: list[np.ndarray] = []
-        sigmas: list[np.ndarray] = []
-        jumps: list[np.ndarray] = []
         tr_scale = np.array([tr.scale for tr in self.active])
         pred, var, last = [], [], []
         for tr in self.active:
@@ -222,54 +240,63 @@ class TrackletTracker:
             pred.append(p)
             var.append(v)
             last.append(tr.kalman.p)
-        pred_a, var_a, last_a = np.stack(pred), np.stack(var), np.stack(last)
+        # (np.array of a list: np.stack's result at a fraction of its call overhead)
+        pred_a, var_a, last_a = np.array(pred), np.array(var), np.array(last)
         tr_ok = np.isfinite(pred_a).all(axis=-1)  # (T, J)
+        since = np.array([t - tr.t_last for tr in self.active])
         # Matching at the last seen place is for someone who stepped out and came back
         # the way they went; for a frame or two of coasting the prediction is better (a
         # person missed at a crossing is further on, not where they were).
-        coasting = np.array([t - tr.t_last > 0.5 * cfg.max_prediction_s for tr in self.active])
+        coasting = since > 0.5 * cfg.max_prediction_s
         r = (cfg.measurement_noise * tr_scale) ** 2
-        since = np.array([t - tr.t_last for tr in self.active])
         spread = 0.5 * np.log1p(cfg.accel_noise**2 * since**3 / (3 * cfg.measurement_noise**2))
-        for alt, alt_ok in ((kp, ok), (mirrored(kp), mirrored(ok[..., None])[..., 0])):
-            both = tr_ok[:, None, :] & alt_ok[None, :, :]
-            shared = both.sum(axis=-1)
-            step = np.linalg.norm(last_a[:, None] - alt[None, :, :, :2], axis=-1)
+        # Both labellings at once: the detections as given (columns :D) and mirrored
+        # (D:), one set of array operations for the two (the same arithmetic per element).
+        d = kp.shape[0]
+        alt_xy = np.concatenate([kp[..., :2], kp[:, MIRROR, :2]])  # (2D, J, 2)
+        alt_ok = np.concatenate([ok, ok[:, MIRROR]])
+        both = tr_ok[:, None, :] & alt_ok[None, :, :]  # (T, 2D, J)
+        shared = both.sum(axis=-1)
+        per_joint = np.maximum(shared, 1)
+
+        def jumps() -> tuple[np.ndarray, np.ndarray]:
+            """Median joint distance to the last observation (as given, mirrored): only
+            needed where a swap is in question, which is seldom; computed on demand."""
+            step = norm2(last_a[:, None] - alt_xy[None])
             with np.errstate(all="ignore"):
                 med = nanmedian(np.where(both, step, np.nan), axis=-1)
-            jumps.append(np.where(np.isnan(med), np.inf, med) / tr_scale[:, None])
-            best = np.full(shared.shape, np.inf)
-            best_sig = np.full(shared.shape, np.inf)
-            # Someone who stepped out often comes back where they left, not where their
-            # last motion pointed: a coasting track may also match at its last place.
-            places = [(pred_a, np.ones(len(self.active), dtype=bool)), (last_a, coasting)]
-            for place, rows in places:
-                if not rows.any():
-                    continue
-                dist = np.linalg.norm(place[:, None] - alt[None, :, :, :2], axis=-1)
-                dist = np.where(both, dist, 0.0)  # finite wherever both are seen
-                sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
-                z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
-                sig = z.sum(axis=-1) / np.maximum(shared, 1)
-                # The spread term depends only on how long a track has not been seen (the
-                # growth of its prediction's variance relative to the measurement noise,
-                # which is scale-free): tracks seen equally recently are compared on fit
-                # alone, and one seen a frame ago beats one that has coasted for a while.
-                nll = (0.5 * z**2).sum(axis=-1) / np.maximum(shared, 1) + spread[:, None]
-                px = dist.sum(axis=-1) / np.maximum(shared, 1) / tr_scale[:, None]
-                feasible = (
-                    rows[:, None]
-                    & (shared >= 3)
-                    & (sig <= cfg.gate_sigmas)
-                    & (px <= cfg.max_match_distance)
-                )
-                nll = np.where(feasible, nll, np.inf)
-                better = nll < best
-                best = np.where(better, nll, best)
-                best_sig = np.where(better, sig, best_sig)
-            out.append(np.where(np.isfinite(best), best, _INFEASIBLE))
-            sigmas.append(np.where(np.isfinite(best_sig), best_sig, _INFEASIBLE))
-        return out[0], out[1], sigmas[0], sigmas[1], jumps[0], jumps[1]
+            jump = np.where(np.isnan(med), np.inf, med) / tr_scale[:, None]
+            return jump[:, :d], jump[:, d:]
+
+        best = np.full(shared.shape, np.inf)
+        best_sig = np.full(shared.shape, np.inf)
+        sd = np.sqrt(var_a[:, None, :] + r[:, None, None])
+        # Someone who stepped out often comes back where they left, not where their
+        # last motion pointed: a coasting track may also match at its last place.
+        places = [(pred_a, None), (last_a, coasting)]
+        for place, rows in places:
+            if rows is not None and not rows.any():
+                continue
+            dist = norm2(place[:, None] - alt_xy[None])
+            dist = np.where(both, dist, 0.0)  # finite wherever both are seen
+            z = np.where(both, np.minimum(dist / sd, 10.0), 0.0)
+            sig = z.sum(axis=-1) / per_joint
+            # The spread term depends only on how long a track has not been seen (the
+            # growth of its prediction's variance relative to the measurement noise,
+            # which is scale-free): tracks seen equally recently are compared on fit
+            # alone, and one seen a frame ago beats one that has coasted for a while.
+            nll = (0.5 * z**2).sum(axis=-1) / per_joint + spread[:, None]
+            px = dist.sum(axis=-1) / per_joint / tr_scale[:, None]
+            feasible = (shared >= 3) & (sig <= cfg.gate_sigmas) & (px <= cfg.max_match_distance)
+            if rows is not None:
+                feasible &= rows[:, None]
+            nll = np.where(feasible, nll, np.inf)
+            better = nll < best
+            best = np.where(better, nll, best)
+            best_sig = np.where(better, sig, best_sig)
+        cost = np.where(np.isfinite(best), best, _INFEASIBLE)
+        sigma = np.where(np.isfinite(best_sig), best_sig, _INFEASIBLE)
+        return cost[:, :d], cost[:, d:], sigma[:, :d], sigma[:, d:], jumps
 
     def step(self, people: list[PersonPose], t: float, position: int) -> list[Observation]:
         """Associate one frame's detections; returns the kept ones with their tracklets."""
@@ -290,33 +317,36 @@ class TrackletTracker:
         if not people:
             return []
 
-        kp = np.stack([np.asarray(p.keypoints, dtype=np.float64) for p in people])
-        ok = confident(kp, cfg.min_keypoint_confidence)
+        kp = np.array([p.keypoints for p in people], dtype=np.float64)
+        mc = cfg.min_keypoint_confidence
+        ok = confident(kp, mc)
         keep = ok.sum(axis=1) >= cfg.min_joints
         self.dropped_small += int((~keep).sum())
-        scale = body_scale(kp, cfg.min_keypoint_confidence)
+        # Every detection measured once, all together: what association needs (the
+        # scale) and what the tracklet records for it afterwards (limbs, segments).
+        limbs = limb_lengths(kp, mc, ok)
+        seg = segment_lengths(kp, mc, limbs)
+        scale = body_scale(kp, mc, limbs, ok, seg)
         idx = np.flatnonzero(keep)
         if idx.size == 0:
             return []
-        kp, ok, scale = kp[idx], ok[idx], scale[idx]
+        kp, ok, scale, limbs, seg = kp[idx], ok[idx], scale[idx], limbs[idx], seg[idx]
         quality = ok.sum(axis=1) * np.array([people[int(i)].score for i in idx])
 
         assigned: dict[int, tuple[Tracklet, bool]] = {}
         self.ambiguous: set[int] = set()
         if self.active:
-            direct, mirror, z_direct, z_mirror, step, step_m = self._costs(kp, ok, scale, t)
+            direct, mirror, z_direct, z_mirror, jumps = self._costs(kp, ok, scale, t)
             hits = np.array([tr.hits for tr in self.active])[:, None]
             # A swap is a jump of the labels, not a motion: the mirrored skeleton must sit
             # clearly nearer the last observation than the skeleton as given, and fit the
             # motion model better too. A person seen side-on (left and right joints close)
             # never qualifies, so a real turn is not "corrected".
-            use_mirror = (
-                (hits >= 5)
-                & (mirror < _INFEASIBLE)
-                & (z_mirror < cfg.swap_gain * z_direct)
-                & (step > cfg.swap_min_step)
-                & (step_m < cfg.swap_gain * step)
-            ) | ((direct >= _INFEASIBLE) & (mirror < _INFEASIBLE))
+            swap = (hits >= 5) & (mirror < _INFEASIBLE) & (z_mirror < cfg.swap_gain * z_direct)
+            if swap.any():
+                step, step_m = jumps()
+                swap &= (step > cfg.swap_min_step) & (step_m < cfg.swap_gain * step)
+            use_mirror = swap | ((direct >= _INFEASIBLE) & (mirror < _INFEASIBLE))
             cost = np.where(use_mirror, mirror, direct)
             # Two tracklets on one place: an established one takes the detection.
             cost = np.where((cost < _INFEASIBLE) & (hits < cfg.min_hits), cost + 0.5, cost)
@@ -337,8 +367,10 @@ class TrackletTracker:
             pose = kp[k].copy()
             if k in assigned:
                 tr, swap = assigned[k]
+                flipped = False
                 if swap:
                     pose = mirrored(pose)
+                    flipped = True
                     tr.swaps += 1
                     tr.swap_run += 1
                     if tr.swap_run >= cfg.swap_persist_frames:
@@ -346,17 +378,24 @@ class TrackletTracker:
                         # rather than correct it for the rest of the tracklet.
                         tr.adopt_mirror()
                         pose = mirrored(pose)
+                        flipped = False
                 else:
                     tr.swap_run = 0
-                pose = self._plausible(tr, pose, t)
-                if pose is None:
+                # Mirroring permutes joints and limbs; segments and scale take the
+                # longer side and the extent, which it leaves as they are.
+                pose_ok = ok[k][MIRROR] if flipped else ok[k]
+                pose_limbs = limbs[k][LIMB_MIRROR] if flipped else limbs[k]
+                checked = self._plausible(tr, pose, t, pose_ok, pose_limbs)
+                if checked is None:
                     self.dropped_impossible += 1
                     continue
-                self._observe(tr, pose, t, position)
+                pose, pose_ok, pose_limbs, cleaned = checked
+                measured = None if cleaned else (seg[k : k + 1], float(scale[k]))
+                self._observe(tr, pose, t, position, pose_ok, pose_limbs, measured)
             else:
-                tr = self._new(pose, t, position)
+                tr = self._new(pose, t, position, ok[k], limbs[k : k + 1], seg[k : k + 1])
             src = people[int(idx[k])]
-            cleaned = dataclasses.replace(src, keypoints=pose.astype(np.float32), track_id=None)
+            cleaned = with_pose(src, pose.astype(np.float32), None)
             out.append(Observation(cleaned, tr, int(idx[k])))
         return out
 
@@ -408,7 +447,7 @@ class TrackletTracker:
             enough = both.sum(axis=1) >= 3
             if not enough.any():
                 continue
-            dist = np.linalg.norm(p[None] - kp[..., :2], axis=-1)
+            dist = norm2(p[None] - kp[..., :2])
             with np.errstate(all="ignore"):
                 med = nanmedian(np.where(both, dist, np.nan), axis=1)
             limit = cfg.duplicate_distance * np.minimum(scale, tr.scale)
@@ -436,16 +475,20 @@ class TrackletTracker:
 
     # -- plausibility ---------------------------------------------------------------------
 
-    def _plausible(self, tr: Tracklet, pose: np.ndarray, t: float) -> np.ndarray | None:
-        """The pose with impossible joints removed; None if too little is left."""
+    def _plausible(
+        self, tr: Tracklet, pose: np.ndarray, t: float, ok: np.ndarray, lengths: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool] | None:
+        """The pose (`ok`, `lengths`: its confident() joints and limb_lengths) with
+        impossible joints removed: (pose, ok, lengths, whether any was removed); None if
+        too little is left."""
         cfg = self.config
         mc = cfg.min_keypoint_confidence
-        ok = confident(pose, mc)
         frames = max(1.0, (t - tr.t_last) / self._frame_dt) if self._frame_dt < math.inf else 1
-        last_ok = confident(tr.last, mc)
-        jump = np.linalg.norm(pose[:, :2] - tr.last[:, :2], axis=-1)
+        last_ok = tr.last_ok
+        if last_ok is None:
+            last_ok = tr.last_ok = confident(tr.last, mc)
+        jump = norm2(pose[:, :2] - tr.last[:, :2])
         bad = ok & last_ok & (jump > cfg.max_joint_jump * tr.scale * frames)
-        lengths = limb_lengths(pose[None], mc)[0]
         ref = tr.limb_reference()
         with np.errstate(invalid="ignore"):
             stretched = lengths > (1 + cfg.max_limb_growth) * ref
@@ -455,20 +498,35 @@ class TrackletTracker:
                     prev = tr.last_limbs = limb_lengths(tr.last[None], mc)[0]
                 stretched |= np.abs(lengths - prev) > cfg.max_limb_step * ref
         bad[LIMB_B[stretched]] = True
-        if bad.any():
+        cleaned = bool(bad.any())
+        if cleaned:
             tr.rejected_joints += int(bad.sum())
             pose[bad, :2] = np.nan
             pose[bad, 2] = 0.0
-        if (ok & ~bad).sum() < cfg.min_joints:
+            # What confident() and limb_lengths() give on the cleaned pose: a removed
+            # joint is no longer confident, and no limb with a removed end has a length.
+            ok = ok & ~bad
+            lengths = np.where(bad[LIMB_A] | bad[LIMB_B], np.nan, lengths)
+        if ok.sum() < cfg.min_joints:
             return None
-        return pose
+        return pose, ok, lengths, cleaned
 
     # -- bookkeeping ----------------------------------------------------------------------
 
-    def _new(self, pose: np.ndarray, t: float, position: int) -> Tracklet:
+    def _new(
+        self,
+        pose: np.ndarray,
+        t: float,
+        position: int,
+        ok: np.ndarray,
+        limbs: np.ndarray,
+        seg: np.ndarray,
+    ) -> Tracklet:
+        """`ok` (J,), `limbs` (1, L), `seg` (1, S): the pose's confident joints, limb and
+        segment lengths."""
         cfg = self.config
-        ok = confident(pose, cfg.min_keypoint_confidence)
-        scale = float(body_scale(pose[None], cfg.min_keypoint_confidence)[0])
+        mc = cfg.min_keypoint_confidence
+        scale = float(body_scale(pose[None], mc, limbs, ok[None], seg)[0])
         tr = Tracklet(
             tid=self._next,
             kalman=JointKalman(
@@ -483,29 +541,47 @@ class TrackletTracker:
             t_first=t,
             t_last=t,
             last=pose.copy(),
+            last_limbs=limbs[0],
+            last_ok=ok,
         )
         self._next += 1
-        self._record(tr, pose, t, position, scale)
+        self._record(tr, pose, t, position, scale, limbs, ok, seg)
         self.active.append(tr)
         return tr
 
-    def _observe(self, tr: Tracklet, pose: np.ndarray, t: float, position: int) -> None:
+    def _observe(
+        self,
+        tr: Tracklet,
+        pose: np.ndarray,
+        t: float,
+        position: int,
+        ok: np.ndarray,
+        limb_row: np.ndarray,
+        measured: tuple[np.ndarray, float] | None = None,
+    ) -> None:
+        """Fold in a plausible pose; `ok`, `limb_row`: its confident() joints and
+        limb_lengths, as _plausible measured them; `measured`: its (segment_lengths,
+        body_scale) if known (the detection's own, when nothing was removed from it)."""
         cfg = self.config
         mc = cfg.min_keypoint_confidence
-        ok = confident(pose, mc)
-        limbs = limb_lengths(pose[None], mc)
-        scale = float(body_scale(pose[None], mc, limbs)[0])
+        limbs = limb_row[None]
+        if measured is None:
+            seg = segment_lengths(pose[None], mc, limbs)
+            scale = float(body_scale(pose[None], mc, limbs, ok[None], seg)[0])
+        else:
+            seg, scale = measured
         tr.kalman.update(t - tr.t_last, pose[:, :2], ok, pose[:, 2], tr.scale)
         tr.scale = 0.8 * tr.scale + 0.2 * scale
         tr.t_last = t
         if ok.all():
-            tr.last, tr.last_limbs = pose.copy(), limbs[0]
+            tr.last, tr.last_limbs, tr.last_ok = pose.copy(), limbs[0], ok
         else:
             merged = tr.last.copy()
             merged[ok] = pose[ok]  # a joint not seen now keeps its last sighting for jumps
-            tr.last, tr.last_limbs = merged, None  # recomputed when next needed
+            last_ok = None if tr.last_ok is None else tr.last_ok | ok
+            tr.last, tr.last_limbs, tr.last_ok = merged, None, last_ok  # limbs: when needed
         tr.hits += 1
-        self._record(tr, pose, t, position, scale, limbs)
+        self._record(tr, pose, t, position, scale, limbs, ok, seg)
 
     def _record(
         self,
@@ -514,16 +590,17 @@ class TrackletTracker:
         t: float,
         position: int,
         scale: float,
-        limbs: np.ndarray | None = None,
+        limbs: np.ndarray,
+        ok: np.ndarray,
+        seg: np.ndarray,
     ) -> None:
+        """`limbs`, `ok`, `seg`: limb_lengths, confident and segment_lengths of the pose."""
         mc = self.config.min_keypoint_confidence
         tr.frames.append(position)
         tr.times.append(t)
-        tr.centres.append(centre(pose[None], mc)[0])
+        tr.centres.append(centre(pose[None], mc, ok[None])[0])
         tr.scales.append(scale)
-        if limbs is None:
-            limbs = limb_lengths(pose[None], mc)
-        tr.signatures.append(frame_signatures(pose[None], mc, limbs)[0])
+        tr.signatures.append(frame_signatures(pose[None], mc, limbs, seg)[0])
         tr.limbs.append(limbs[0])
         tr._samples += 1
         if self.history is not None and len(tr.frames) >= 2 * self.history:
