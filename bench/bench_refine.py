@@ -221,7 +221,7 @@ def run_live(frames: list[np.ndarray], dt: float, repeats: int) -> list[dict]:
 
 def live_main(repeats: int) -> dict:
     sets = {"small_live": small_set(1, 10_000), "normal_live": normal_set(1, 10_000)}
-    out: dict = {"options": {k: v for k, v in LIVE_REFINE.items()}, "repeats": repeats}
+    out: dict = {"options": dict(LIVE_REFINE), "repeats": repeats}
     for set_name, (frames, dt) in sets.items():
         rows = run_live(frames, dt, repeats)
         out[set_name] = {"frames": len(frames), "size": list(frames[0].shape[1::-1]), "rows": rows}
@@ -234,6 +234,7 @@ def live_main(repeats: int) -> dict:
                 f"  searched {row.get('searched_frames', '-')}"
                 f"  max calls {row.get('max_calls_per_frame', '-')}"
             )
+    out["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
     return out
 
 
@@ -245,7 +246,6 @@ def main() -> None:
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
     if args.only == "live":
         previous["live"] = live_main(args.repeats)
-        previous["live"]["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         RESULTS.write_text(json.dumps(previous, indent=2) + "\n")
         print(f"wrote {RESULTS.relative_to(ROOT)} (key live)")
         return
