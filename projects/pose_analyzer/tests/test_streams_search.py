@@ -41,11 +41,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg is not installed"),
-]
+NO_FFMPEG = shutil.which("ffmpeg") is None
 
 S2D = get_settings().data_dir / "samples" / "sports2d" / "demo.mp4"
 MODEL = get_settings().models_dir / "pose_landmarker_full.task"
@@ -117,6 +113,8 @@ def write_clip(out: Path, hide: bool = False) -> tuple[int, int, int, int]:
 def clip(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[int, int, int, int]]:
     if not S2D.is_file() or not MODEL.is_file():
         pytest.skip("needs scripts/fetch_samples.py and make download-models")
+    if NO_FFMPEG:
+        pytest.skip("ffmpeg is not installed")
     data = tmp_path_factory.mktemp("search") / "data"
     data.mkdir()
     write_clip(data / "hidden.mp4", hide=True)
@@ -191,6 +189,8 @@ def _on_anchor(people_by_frame: dict[int, list[dict[str, Any]]], frame: int, wan
     return ids
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_search_finds_small_people_the_bare_detector_misses_and_ids_hold(
     server: Any, clip: tuple[Path, tuple[int, int, int, int]]
 ) -> None:
@@ -222,6 +222,8 @@ def test_search_finds_small_people_the_bare_detector_misses_and_ids_hold(
     assert after["capped"] - before["capped"] == search["capped"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_an_athlete_hidden_for_longer_than_coasting_is_found_again_where_they_were(
     server: Any, clip: tuple[Path, tuple[int, int, int, int]]
 ) -> None:
@@ -241,6 +243,8 @@ def test_an_athlete_hidden_for_longer_than_coasting_is_found_again_where_they_we
     assert info["search"]["found"] > 0
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 def test_two_crops_per_frame_is_the_bound_when_asked(server: Any) -> None:
     _, info = _run(server, search_max_crops=2, search_budget_ms=1000)
     search = info["search"]
@@ -249,6 +253,8 @@ def test_two_crops_per_frame_is_the_bound_when_asked(server: Any) -> None:
     assert search["crops"] + search["tiles"] <= 2 * info["frames_processed"]
 
 
+@pytest.mark.integration
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("body", "needle"),
     [
@@ -272,3 +278,34 @@ def test_bad_search_settings_are_a_422_with_the_field(
     )
     assert r.status_code == 422, r.text
     assert needle in r.text
+
+
+def test_the_setting_sets_the_default_and_a_bound_asks_for_the_search() -> None:
+    from pose_analyzer.settings import Settings
+    from pose_analyzer.streams.manager import StreamManager, StreamRequestError
+
+    on = StreamManager(Settings(), db=None, metrics=None)  # type: ignore[arg-type]
+    off = StreamManager(
+        Settings(live_search=False, live_search_budget_ms=12, live_search_max_crops=3),
+        db=None,  # type: ignore[arg-type]
+        metrics=None,  # type: ignore[arg-type]
+    )
+    assert on._search("mediapipe", None, None, None) == {
+        "search": True,
+        "search_budget_ms": 30.0,
+        "search_max_crops": 1,
+    }
+    assert on._search("yolo", None, None, None)["search"] is False  # YOLO: never by default
+    assert on._search("replay", None, None, None)["search"] is False
+    assert off._search("mediapipe", None, None, None)["search"] is False
+    assert off._search("mediapipe", None, None, 2) == {
+        "search": True,
+        "search_budget_ms": 12.0,
+        "search_max_crops": 2,
+    }
+    with pytest.raises(StreamRequestError, match="search false"):
+        off._search("mediapipe", False, 5.0, None)
+    with pytest.raises(StreamRequestError, match="batched detector"):
+        on._search("yolo", True, None, None)
+    with pytest.raises(ValueError, match="live_search_max_crops"):
+        Settings(live_search_max_crops=0)
