@@ -18,12 +18,25 @@ machine), the refine step alone timed inside the same run (the exact extra: the
 search where it ran, bookkeeping where not), how many frames the search ran on, and
 people found per frame.
 
-Usage: python bench/bench_refine.py
+Live section (`--only live`): the live mode of the search (`detectors.LIVE_REFINE`, what
+live MediaPipe streams use) against the bare detector, side by side frame by frame in one
+run (both detectors open, each frame through one then the other), on every frame of
+the clip at its own frame rate (as a stream with realtime off sees it): process CPU ms
+and wall ms per frame, medians and means, the extra over the bare detector, most
+landmarker calls in one frame, frames the search ran on. Sets: `small_live` (all 230
+Sports2D frames, downscaled and letterboxed as above: the search triggers) and
+`normal_live` (Pose2Sim single cam01 at 540x960, all 100 frames at 60 fps: it does
+not), plus the same live mode with a 5 s scan and with 2 calls per frame, for the
+choice of the defaults. Written under the `live` key of bench/results/refine.json;
+the other keys are kept as they are (and `--only offline` leaves `live` alone).
+
+Usage: python bench/bench_refine.py [--only offline|live]
 Writes bench/results/refine.json.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import statistics
@@ -34,7 +47,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from pose_analyzer.detectors import create_detector
+from pose_analyzer.detectors import LIVE_REFINE, create_detector
 from pose_analyzer.detectors.refine import RefineStats, RefiningDetector
 from pose_analyzer.settings import get_settings
 
@@ -59,10 +72,10 @@ def read(path: Path, every: int, limit: int) -> list[np.ndarray]:
     return out
 
 
-def small_set() -> tuple[list[np.ndarray], float]:
+def small_set(every: int = 5, limit: int = 46) -> tuple[list[np.ndarray], float]:
     scale, canvas = 0.163, (480, 270)
     frames = []
-    for f in read(SAMPLES / "sports2d" / "demo.mp4", 5, 46):
+    for f in read(SAMPLES / "sports2d" / "demo.mp4", every, limit):
         h, w = f.shape[:2]
         sw, sh = round(w * scale), round(h * scale)
         small = cv2.resize(f, (sw, sh), interpolation=cv2.INTER_AREA)
@@ -70,15 +83,15 @@ def small_set() -> tuple[list[np.ndarray], float]:
         x0, y0 = (canvas[0] - sw) // 2, (canvas[1] - sh) // 2
         c[y0 : y0 + sh, x0 : x0 + sw] = small
         frames.append(c)
-    return frames, 5 / 30
+    return frames, every / 30
 
 
-def normal_set() -> tuple[list[np.ndarray], float]:
+def normal_set(every: int = 2, limit: int = 50) -> tuple[list[np.ndarray], float]:
     frames = [
         cv2.resize(f, (f.shape[1] // 2, f.shape[0] // 2), interpolation=cv2.INTER_AREA)
-        for f in read(SAMPLES / "pose2sim" / "single" / "cam01.mp4", 2, 50)
+        for f in read(SAMPLES / "pose2sim" / "single" / "cam01.mp4", every, limit)
     ]
-    return frames, 2 / 60
+    return frames, every / 60
 
 
 def run(name: str, frames: list[np.ndarray], dt: float, refine: dict | None) -> dict:
@@ -128,7 +141,114 @@ def run(name: str, frames: list[np.ndarray], dt: float, refine: dict | None) -> 
     return row
 
 
+LIVE_VARIANTS: dict[str, dict] = {
+    "live_default": {},
+    "live_scan_5s": {"scan_every_s": 5.0},
+    "live_2_per_frame": {"max_searches": 2},
+}
+
+
+def run_live(frames: list[np.ndarray], dt: float, repeats: int) -> list[dict]:
+    """The bare detector and each live variant, frame by frame side by side."""
+    plain = create_detector("mediapipe", "full")
+    lives = {
+        name: create_detector(
+            "mediapipe", "full", refine=True, refine_options={**LIVE_REFINE, **extra}
+        )
+        for name, extra in LIVE_VARIANTS.items()
+    }
+    dets: dict[str, object] = {"plain": plain, **lives}
+    for det in lives.values():
+        assert isinstance(det, RefiningDetector)
+        det.crop  # noqa: B018 - wait for the background load before timing
+    for det in dets.values():
+        det.detect([frames[0]], [0.0])  # type: ignore[attr-defined]
+    cpu: dict[str, list[float]] = {n: [] for n in dets}
+    wall: dict[str, list[float]] = {n: [] for n in dets}
+    found: dict[str, list[int]] = {n: [] for n in dets}
+    for r in range(repeats):
+        # A fresh search state per repeat; the video-mode detectors need rising times.
+        for det in lives.values():
+            assert isinstance(det, RefiningDetector)
+            det.__dict__.update(_seen=[], _last_tiling=-np.inf, _next_tile=0, stats=RefineStats())
+        base = (r + 1) * (len(frames) + 10) * dt
+        for k, f in enumerate(frames, start=1):
+            t = base + k * dt
+            for name, det in dets.items():
+                c0, w0 = time.process_time(), time.perf_counter()
+                (people,) = det.detect([f], [t])  # type: ignore[attr-defined]
+                cpu[name].append((time.process_time() - c0) * 1000)
+                wall[name].append((time.perf_counter() - w0) * 1000)
+                if r == 0:
+                    found[name].append(len(people))
+    rows = []
+    for name, det in dets.items():
+        row = {
+            "detector": name,
+            "cpu_median_ms": round(statistics.median(cpu[name]), 2),
+            "cpu_mean_ms": round(statistics.fmean(cpu[name]), 2),
+            "wall_median_ms": round(statistics.median(wall[name]), 2),
+            "wall_mean_ms": round(statistics.fmean(wall[name]), 2),
+            "extra_cpu_median_ms": round(
+                statistics.median(cpu[name]) - statistics.median(cpu["plain"]), 2
+            ),
+            "extra_cpu_mean_ms": round(
+                statistics.fmean(cpu[name]) - statistics.fmean(cpu["plain"]), 2
+            ),
+            "extra_wall_mean_ms": round(
+                statistics.fmean(wall[name]) - statistics.fmean(wall["plain"]), 2
+            ),
+            "wall_p95_ms": round(float(np.percentile(wall[name], 95)), 1),
+            "people_per_frame": round(statistics.fmean(found[name]), 2),
+            "frames_with_nobody": sum(1 for n in found[name] if n == 0),
+        }
+        if isinstance(det, RefiningDetector):
+            st = det.stats  # the last repeat's
+            row.update(
+                searched_frames=st.triggered,
+                crops=st.crops,
+                tiles=st.tiles,
+                found_by_search=st.found,
+                max_calls_per_frame=st.max_calls,
+                capped_frames=st.capped,
+                over_budget=st.over_budget,
+            )
+        rows.append(row)
+    for det in dets.values():
+        det.close()  # type: ignore[attr-defined]
+    return rows
+
+
+def live_main(repeats: int) -> dict:
+    sets = {"small_live": small_set(1, 10_000), "normal_live": normal_set(1, 10_000)}
+    out: dict = {"options": dict(LIVE_REFINE), "repeats": repeats}
+    for set_name, (frames, dt) in sets.items():
+        rows = run_live(frames, dt, repeats)
+        out[set_name] = {"frames": len(frames), "size": list(frames[0].shape[1::-1]), "rows": rows}
+        for row in rows:
+            print(
+                f"{set_name:11s} {row['detector']:17s} cpu {row['cpu_median_ms']:6.1f} median"
+                f" / {row['cpu_mean_ms']:6.1f} mean ms (extra {row['extra_cpu_median_ms']:+6.1f}"
+                f" / {row['extra_cpu_mean_ms']:+6.1f}), wall p95 {row['wall_p95_ms']:6.1f}"
+                f"  people/frame {row['people_per_frame']:.2f}"
+                f"  searched {row.get('searched_frames', '-')}"
+                f"  max calls {row.get('max_calls_per_frame', '-')}"
+            )
+    out["when"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return out
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=("offline", "live"), default=None)
+    parser.add_argument("--repeats", type=int, default=3, help="live: passes over each set")
+    args = parser.parse_args()
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {}
+    if args.only == "live":
+        previous["live"] = live_main(args.repeats)
+        RESULTS.write_text(json.dumps(previous, indent=2) + "\n")
+        print(f"wrote {RESULTS.relative_to(ROOT)} (key live)")
+        return
     sets = {"small": small_set(), "normal": normal_set()}
     results = {}
     for set_name, (frames, dt) in sets.items():
@@ -160,17 +280,16 @@ def main() -> None:
                 f" / {row.get('refine_mean_ms', 0):.2f} mean ms"
             )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(
-        json.dumps(
-            {
-                "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                "machine": {"python": platform.python_version(), "cpu": platform.processor()},
-                "sets": results,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    body = {
+        "when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": {"python": platform.python_version(), "cpu": platform.processor()},
+        "sets": results,
+    }
+    if args.only is None:
+        body["live"] = live_main(args.repeats)
+    elif "live" in previous:
+        body["live"] = previous["live"]  # --only offline keeps the live figures
+    RESULTS.write_text(json.dumps(body, indent=2) + "\n")
     print(f"wrote {RESULTS.relative_to(ROOT)}")
 
 

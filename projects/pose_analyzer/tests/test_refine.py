@@ -134,6 +134,79 @@ def test_budget_stops_the_search_and_empty_scenes_do_not_tile_every_frame() -> N
     assert det.stats.tiles > 9
 
 
+class FirstFrameOnly(WhiteDetector):
+    """Finds the white blobs on its first call only: a detector that then loses them."""
+
+    def detect_one(self, frame: npt.NDArray[np.uint8], t: float = 0.0) -> list[PersonPose]:
+        found = super().detect_one(frame, t)
+        return found if self.calls == 1 else []
+
+
+def test_max_searches_bounds_calls_per_frame_and_two_lost_people_take_turns() -> None:
+    crop = WhiteDetector()
+    det = RefiningDetector(FirstFrameOnly(), crop_detector=crop, crop_size=400, max_searches=1)
+    scene = _scene([(100, 50, 130, 150), (300, 50, 330, 150)])
+    assert len(det.detect([scene], [0.0])[0]) == 2  # both found plainly, then lost
+    det.crop  # noqa: B018 - load it (its set-up call is not a search)
+    firsts = []
+    for k in range(1, 7):
+        calls = crop.calls
+        (people,) = det.detect([scene], [k * 0.1])
+        assert crop.calls - calls == 1  # one landmarker call, though two are lost
+        (p,) = people
+        assert p.box is not None
+        firsts.append(round(p.box[0]))
+    # Longest unseen first: the one not found on the last frame is searched next.
+    assert firsts == [100, 300, 100, 300, 100, 300] or firsts == [300, 100, 300, 100, 300, 100]
+    assert det.stats.max_calls == 1 and det.stats.capped == 6
+
+
+def test_someone_who_stays_lost_is_searched_every_retry_s_until_lost_s() -> None:
+    def crops_for(retry_s: float) -> int:
+        det = RefiningDetector(
+            WhiteDetector(), crop_detector=WhiteDetector(), max_searches=1, retry_s=retry_s
+        )
+        # A stays in view (found plainly: the frame is never empty, so no tiles); B is
+        # seen at t=0 and then gone for good.
+        det.detect([_scene([(100, 50, 130, 150), (300, 50, 330, 150)])], [0.0])
+        for k in range(1, 25):  # 3 s at 8 fps; lost_s is 2 s
+            det.detect([_scene([(100, 50, 130, 150)])], [k * 0.125])
+        assert det.stats.tiles == 0 and det.stats.found == 0
+        return det.stats.crops
+
+    assert crops_for(0.0) == 16  # every frame up to lost_s: 0.125 .. 2.0
+    assert crops_for(0.5) == 4  # at 0.125, 0.625, 1.125, 1.625
+
+
+def test_a_tile_pass_spreads_over_frames_and_a_cap_defers_it_not_skips_it() -> None:
+    det = RefiningDetector(
+        WhiteDetector(), crop_detector=WhiteDetector(), max_searches=1, tile_every_s=1.0
+    )
+    for k in range(4):  # an empty scene: 2x2 tiles, one per frame
+        det.detect([_scene([])], [k * 0.03])
+        assert det.stats.tiles == k + 1
+    det.detect([_scene([])], [0.15])  # the pass is done: not again within tile_every_s
+    assert det.stats.tiles == 4 and det.stats.max_calls == 1
+
+    det = RefiningDetector(
+        WhiteDetector(), crop_detector=WhiteDetector(), max_searches=1, retry_s=0.5
+    )
+    det.detect([_scene([(100, 50, 130, 150)])], [0.0])
+    det.detect([_scene([])], [0.1])  # gone: its crop takes the frame's one call
+    assert det.stats.crops == 1 and det.stats.tiles == 0
+    det.detect([_scene([])], [0.2])  # its retry is not due: the deferred tiles run
+    assert det.stats.tiles == 1
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [({"max_searches": 0}, "max_searches"), ({"retry_s": -1.0}, "retry_s")],
+)
+def test_bad_live_options_are_refused(option: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        RefiningDetector(WhiteDetector(), crop_detector=WhiteDetector(), **option)
+
+
 def test_create_detector_wraps_with_refine() -> None:
     path = Path(__file__).parent / "data" / "real" / "pose2sim_single_cam01.jsonl"
     det = create_detector("replay", str(path), refine=True, refine_options={"budget_ms": 10})

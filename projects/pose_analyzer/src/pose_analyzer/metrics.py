@@ -135,6 +135,40 @@ class PoseMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
+        # The live re-detection search (MediaPipe streams), all streams together; the
+        # keys are those of streams.runner.search_stats.
+        self.search_counters = {
+            "frames_searched": Counter(
+                "pose_search_frames_total",
+                "Stream frames on which the re-detection search ran",
+                registry=registry,
+            ),
+            "crops": Counter(
+                "pose_search_crops_total",
+                "Crops around lost people searched by the landmarker",
+                registry=registry,
+            ),
+            "tiles": Counter(
+                "pose_search_tiles_total",
+                "Tiles of empty frames searched by the landmarker",
+                registry=registry,
+            ),
+            "found": Counter(
+                "pose_search_found_total",
+                "People the re-detection search added",
+                registry=registry,
+            ),
+            "over_budget": Counter(
+                "pose_search_over_budget_total",
+                "Frames on which the time budget stopped the search",
+                registry=registry,
+            ),
+            "capped": Counter(
+                "pose_search_capped_total",
+                "Frames on which the crops-per-frame limit stopped the search",
+                registry=registry,
+            ),
+        }
         self.jobs = Counter(
             "pose_jobs_total", "Offline analysis jobs by final state", ["state"], registry=registry
         )

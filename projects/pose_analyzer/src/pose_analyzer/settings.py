@@ -51,6 +51,13 @@ class Settings(BaseSettings):
     max_upload_bytes: int = 512 * 1024 * 1024
     default_backend: str = "mediapipe"
     default_model: str = "full"
+    # Live MediaPipe streams: search again at higher resolution where the detector lost
+    # someone or finds nobody (detectors.LIVE_REFINE; docs/identity.md "Live search"),
+    # at most live_search_max_crops landmarker calls and live_search_budget_ms per frame.
+    # Per stream: POST /streams {"search": ..., "search_budget_ms": ..., ...}.
+    live_search: bool = True
+    live_search_budget_ms: float = Field(default=30.0, gt=0, le=1000)
+    live_search_max_crops: int = Field(default=1, ge=1, le=16)
     # Frames per YOLO inference across streams; unset = the planner's for the detected GPU.
     yolo_batch: int | None = None
     # Frames a reader keeps for a live source before dropping the oldest.

@@ -58,6 +58,25 @@ class StreamCreate(BaseModel):
     realtime: bool = Field(
         default=True, description="files: play at the native frame rate (live simulation)"
     )
+    search: bool | None = Field(
+        default=None,
+        description="mediapipe: search again at higher resolution (crops around someone "
+        "lost, tiles over an empty frame); default POSE_LIVE_SEARCH (on). Not for yolo "
+        "or replay streams",
+    )
+    search_budget_ms: float | None = Field(
+        default=None,
+        gt=0,
+        le=1000,
+        description="the search's time per frame (ms); default POSE_LIVE_SEARCH_BUDGET_MS (30)",
+    )
+    search_max_crops: int | None = Field(
+        default=None,
+        ge=1,
+        le=16,
+        description="landmarker calls (crops, tiles) per frame at most; the rest resumes "
+        "next frame; default POSE_LIVE_SEARCH_MAX_CROPS (1)",
+    )
 
 
 class StreamInfo(BaseModel):
@@ -87,6 +106,11 @@ class StreamInfo(BaseModel):
         default_factory=dict, description="person id -> reps, for every athlete so far"
     )
     session_status: str | None = None
+    search: dict[str, Any] | None = Field(
+        default=None,
+        description="the live search's budget_ms, max_crops and counters (frames_searched, "
+        "crops, tiles, found, over_budget, capped, max_calls_per_frame); null without one",
+    )
 
 
 CameraName = Annotated[StrictStr, Field(min_length=1, max_length=64), AfterValidator(_no_nul)]

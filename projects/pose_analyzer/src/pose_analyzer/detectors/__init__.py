@@ -21,6 +21,23 @@ BACKENDS: dict[str, tuple[str, str, str]] = {
 
 OFFLINE_SCAN_S = 0.5  # refine=True: tiles searched for unseen people this often
 
+# The live mode of the re-detection search (live MediaPipe streams; measured in
+# bench/bench_refine.py --only live, docs/identity.md "Live search"): crops around
+# people lost in the last `lost_s`, tiles when the frame is empty, no scan for people
+# never picked up (once found, someone the detector never sees costs a crop on every
+# frame), at most `max_searches` landmarker calls per frame (a tile pass spreads over
+# frames), someone who stays lost searched again every `retry_s`, the crop model loaded
+# in the background when the stream starts.
+LIVE_REFINE: dict[str, Any] = {
+    "scan_every_s": None,
+    "budget_ms": 30.0,
+    "max_searches": 1,
+    "retry_s": 0.5,
+    "lost_s": 3.0,
+    "tile_every_s": 1.0,
+    "prefetch": True,
+}
+
 
 def create_detector(
     backend: str,
@@ -75,4 +92,4 @@ def _create(backend: str, model: str | None, **kw: Any) -> PoseDetector:
     return detector
 
 
-__all__ = ["BACKENDS", "OFFLINE_SCAN_S", "create_detector"]
+__all__ = ["BACKENDS", "LIVE_REFINE", "OFFLINE_SCAN_S", "create_detector"]

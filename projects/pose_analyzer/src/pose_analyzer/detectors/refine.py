@@ -20,7 +20,15 @@ pixels enlarged it finds them. `RefiningDetector` wraps any backend and, per fra
    scan finds them they are "seen", and step 1 follows them with crops from then on.
 
 stopping as soon as the frame's `budget_ms` is spent (measured, per frame; a pass over
-the tiles that the budget cut short resumes at the next tile on the next frame). What a
+the tiles that the budget cut short resumes at the next tile on the next frame), or,
+with `max_searches`, after that many landmarker calls in the frame (crops and tiles
+together: work per frame bounded by a count, not only by a clock that is checked
+between calls). With `retry_s`, someone whose search found nothing is searched for
+again no sooner than that (a person who stays lost costs one search per `retry_s`, not
+one per frame, until `lost_s` ends the search); under `max_searches`, the lost are
+served longest-unseen first, so two lost people take turns instead of the most
+recently seen one taking every frame's search. Live streams use this (the LIVE preset
+in `detectors/__init__.py`). What a
 search finds is mapped back to frame pixels and dropped if it is a skeleton the frame
 already has. "Already has" is judged on the joints, not on boxes: two people one behind
 the other have overlapping boxes (one's centre inside the other's box) but their joints
@@ -66,6 +74,8 @@ class RefineStats:
     found: int = 0  # people added by a search
     search_s: float = 0.0  # time spent searching, all frames
     over_budget: int = 0  # frames on which the budget stopped a search
+    capped: int = 0  # frames on which max_searches stopped a search
+    max_calls: int = 0  # most landmarker calls (crops + tiles) in one frame
     blends_dropped: int = 0  # detector skeletons blended from two people the search found
     replaced: int = 0  # detector skeletons replaced by a find that continues a person better
     rested: int = 0  # searches skipped for a still, lone person only the search finds
@@ -80,6 +90,7 @@ class _Seen:
     searched: bool = False  # last seen in a search's find, not in the detector's output
     still: int = 0  # consecutive such finds, each within _STEADY of the one before
     hits: int = 1  # frames seen in
+    tried: float = -np.inf  # when a search for them last found nothing (retry_s)
 
 
 # Two skeletons are one person when their median shared joint lies closer than this
@@ -277,6 +288,9 @@ class RefiningDetector:
         min_find: float = 0.1,
         min_find_score: float = 0.9,
         models_dir: Path | None = None,
+        max_searches: int | None = None,
+        retry_s: float = 0.0,
+        prefetch: bool | None = None,
     ) -> None:
         if budget_ms <= 0:
             raise ValueError(f"budget_ms must be > 0, got {budget_ms}")
@@ -307,12 +321,22 @@ class RefiningDetector:
         if rest_s < 0:
             raise ValueError(f"rest_s must be >= 0 (0: search every frame), got {rest_s}")
         self.rest_s = rest_s
+        if max_searches is not None and max_searches < 1:
+            raise ValueError(f"max_searches must be >= 1 or None, got {max_searches}")
+        if retry_s < 0:
+            raise ValueError(f"retry_s must be >= 0, got {retry_s}")
+        self.max_searches = max_searches
+        self.retry_s = retry_s
+        self._calls = 0  # landmarker calls in the current frame
+        self._cap_hit = False  # max_searches stopped a search in the current frame
         # A scan runs on the first frame, so its model is needed at once: load it in the
-        # background while the caller opens the video and loads the main detector.
+        # background while the caller opens the video and loads the main detector
+        # (prefetch=True does so without a scan: a live stream must not stall a frame
+        # loading it on the first miss).
         self._loader: threading.Thread | None = None
         self._prefetched: ImageDetector | None = None
         self._prefetch_error: BaseException | None = None
-        if scan_every_s is not None:
+        if prefetch or (prefetch is None and scan_every_s is not None):
             self._loader = threading.Thread(target=self._prefetch, daemon=True)
             self._loader.start()
         self.min_upscale = min_upscale
@@ -381,7 +405,10 @@ class RefiningDetector:
         ]
         self._prev_t = t
         matched = _match(self._seen, known)
-        lost = [s for i, s in enumerate(self._seen) if i not in matched]
+        lost = [
+            s for i, s in enumerate(self._seen) if i not in matched and t - s.tried >= self.retry_s
+        ]
+        self._calls, self._cap_hit = 0, False
         # Whom a lost person could be next to: the frame's skeletons and the others
         # remembered (found or not on this frame).
         boxes = [b for _, b in known] + [s.box for s in self._seen]
@@ -407,7 +434,7 @@ class RefiningDetector:
             added = self._search(frame, t, lost, out, known, deadline)
             if (not out and tile_due) or scan_due:
                 added += self._search_tiles(frame, t, out, known, deadline)
-                if self._next_tile == 0:
+                if self._next_tile == 0 and not self._cap_hit:  # not deferred by the cap
                     self._last_tiling = t
             if added:
                 # A skeleton the detector blended from two people the search has now
@@ -418,6 +445,7 @@ class RefiningDetector:
                     out = [p for k, p in enumerate(out) if k not in blended]
             self.stats.found += added
             self.stats.search_s += time.perf_counter() - start
+            self.stats.max_calls = max(self.stats.max_calls, self._calls)
         self._remember(out, t)
         return out
 
@@ -585,6 +613,7 @@ class RefiningDetector:
         h, w = crop.shape[:2]
         if h < 8 or w < 8:
             return 0
+        self._calls += 1
         scale = max(self.crop_size / max(h, w), 1.0)
         if scale < self.min_upscale and (w, h) != frame.shape[1::-1]:
             scale = self.min_upscale
@@ -641,9 +670,14 @@ class RefiningDetector:
     ) -> int:
         fh, fw = frame.shape[:2]
         added = 0
-        for s in sorted(lost, key=lambda s: -s.t):  # the most recently seen first
+        # The most recently seen first; under max_searches the longest unseen first, so
+        # that each lost person gets a turn (the one just found would take every turn).
+        order = sorted(lost, key=lambda s: s.t if self.max_searches else -s.t)
+        for s in order:
             if time.perf_counter() >= deadline:
                 self.stats.over_budget += 1
+                break
+            if self._capped():
                 break
             # Found meanwhile by an earlier crop? (Not: near one of the frame's own
             # skeletons: those were matched one to one to the memories already.)
@@ -659,8 +693,12 @@ class RefiningDetector:
             crops = [(half, half), (self.tight_margin * bw / 2, self.tight_margin * bh / 2)]
             if s.tight:
                 crops.reverse()
+            found = 0
             for k, (hw, hh) in enumerate(crops):
                 if k and time.perf_counter() >= deadline:
+                    break
+                if k and self._capped():
+                    s.tight = not s.tight  # the crop not tried goes first next time
                     break
                 x0, y0 = max(int(cx - hw), 0), max(int(cy - hh), 0)
                 x1, y1 = min(int(cx + hw), fw), min(int(cy + hh), fh)
@@ -671,7 +709,18 @@ class RefiningDetector:
                     if (hw, hh) != (half, half):
                         self._tight_finds.update(id(p.keypoints) for p in self._finds[-found:])
                     break
+            if not found:
+                s.tried = t
         return added
+
+    def _capped(self) -> bool:
+        """Whether this frame's landmarker calls reached max_searches (counted once)."""
+        if self.max_searches is None or self._calls < self.max_searches:
+            return False
+        if not self._cap_hit:
+            self._cap_hit = True
+            self.stats.capped += 1
+        return True
 
     def _search_tiles(
         self,
@@ -692,6 +741,8 @@ class RefiningDetector:
             if not first and time.perf_counter() >= deadline:
                 self.stats.over_budget += 1
                 return added
+            if self._capped():
+                return added  # resumes at this tile on the next frame
             first = False
             i, j = divmod(self._next_tile, n)
             self._next_tile += 1

@@ -84,6 +84,10 @@ class StreamManager:
         backend: str | None = None,
         model: str | None = None,
         realtime: bool = True,
+        *,
+        search: bool | None = None,
+        search_budget_ms: float | None = None,
+        search_max_crops: int | None = None,
     ) -> StreamRunner:
         """Validate and start; raises SourceError, UnknownExerciseError, StreamRequestError,
         StreamLimitError or StreamStartError with a message for the user."""
@@ -106,6 +110,7 @@ class StreamManager:
                 "the replay backend reads keypoint files (.jsonl) and only those; "
                 f"got backend {backend!r} for {parsed.text!r}"
             )
+        live_search = self._search(backend, search, search_budget_ms, search_max_crops)
         if parsed.kind == "camera":
             await asyncio.to_thread(_probe_camera, parsed)
         if model is None and backend == "mediapipe":
@@ -122,6 +127,7 @@ class StreamManager:
                     model=model,
                     realtime=realtime,
                     **self.live_io(),
+                    **live_search,
                 ),
                 slot=slot,
                 db=self.db,
@@ -132,6 +138,30 @@ class StreamManager:
             await start_runner(runner, backend)
             self.streams[runner.id] = runner
         return runner
+
+    def _search(
+        self, backend: str, search: bool | None, budget_ms: float | None, max_crops: int | None
+    ) -> dict[str, Any]:
+        """A stream's re-detection search (StreamConfig fields): asked for, or the
+        setting's default for MediaPipe streams; a bound given asks for it."""
+        s = self.settings
+        bounds = {"search_budget_ms": budget_ms, "search_max_crops": max_crops}
+        given = [k for k, v in bounds.items() if v is not None]
+        if search is None:
+            search = backend == "mediapipe" and (s.live_search or bool(given))
+        if (search or given) and backend != "mediapipe":
+            raise StreamRequestError(
+                "the re-detection search (search, search_budget_ms, search_max_crops) is "
+                f"for mediapipe streams; {backend} streams "
+                + ("share a batched detector" if backend == "yolo" else "carry their poses")
+            )
+        if given and not search:
+            raise StreamRequestError(f"{', '.join(given)} given with search false")
+        return {
+            "search": search,
+            "search_budget_ms": s.live_search_budget_ms if budget_ms is None else budget_ms,
+            "search_max_crops": s.live_search_max_crops if max_crops is None else max_crops,
+        }
 
     def live_io(self) -> dict[str, Any]:
         """The reader and WebSocket settings every live runner (stream or rig) takes."""

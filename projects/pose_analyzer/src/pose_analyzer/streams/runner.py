@@ -56,6 +56,11 @@ class StreamConfig:
     connect_timeout_s: float | None = None
     queue_size: int = 32
     overflow_disconnect_s: float = 5.0
+    # The live re-detection search (MediaPipe streams only): on/off, and its per-frame
+    # bounds (detectors.LIVE_REFINE has the rest).
+    search: bool = False
+    search_budget_ms: float = 30.0
+    search_max_crops: int = 1
 
 
 @dataclass
@@ -85,7 +90,36 @@ def _make_detector(config: StreamConfig, models_dir: Any) -> PoseDetector | None
     kw: dict[str, Any] = {}
     if config.backend == "mediapipe":
         kw = {"mode": "video", "models_dir": models_dir}
+        if config.search:
+            from pose_analyzer.detectors import LIVE_REFINE
+
+            options = {
+                **LIVE_REFINE,
+                "budget_ms": config.search_budget_ms,
+                "max_searches": config.search_max_crops,
+            }
+            return create_detector(
+                config.backend, config.model, refine=True, refine_options=options, **kw
+            )
     return create_detector(config.backend, config.model, **kw)
+
+
+def search_stats(detector: PoseDetector | None) -> dict[str, int] | None:
+    """What the live search did so far (None when the stream has no search)."""
+    from pose_analyzer.detectors.refine import RefiningDetector
+
+    if not isinstance(detector, RefiningDetector):
+        return None
+    s = detector.stats
+    return {
+        "frames_searched": s.triggered,
+        "crops": s.crops,
+        "tiles": s.tiles,
+        "found": s.found,
+        "over_budget": s.over_budget,
+        "capped": s.capped,
+        "max_calls_per_frame": s.max_calls,
+    }
 
 
 class StreamRunner:
@@ -133,6 +167,7 @@ class StreamRunner:
         self._detector: PoseDetector | None = None
         self._shared = shared_detector
         self._size: tuple[int | None, int | None] = (None, None)  # of the last frame
+        self._search_seen: dict[str, int] = {}  # search counters already in the metrics
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.finished = asyncio.Event()
@@ -225,11 +260,23 @@ class StreamRunner:
         t2 = time.perf_counter()
         self.metrics.stage_seconds.labels("detect").observe(t1 - t0)
         self.metrics.stage_seconds.labels("analyze").observe(t2 - t1)
+        self._count_search()
         self._size = (poses.width, poses.height)
         jpeg = None
         if want_jpeg and frame.image is not None:
             jpeg = _encode_jpeg(frame.image)
         return result, jpeg
+
+    def _count_search(self) -> None:
+        """Add what the search did on this frame to the Prometheus counters."""
+        stats = search_stats(self._detector)
+        if stats is None:
+            return
+        for key, counter in self.metrics.search_counters.items():
+            new = stats[key] - self._search_seen.get(key, 0)
+            if new:
+                counter.inc(new)
+        self._search_seen = stats
 
     def _message(self, frame: Frame, result: FrameResult) -> dict[str, Any]:
         width, height = self._size
@@ -328,6 +375,18 @@ class StreamRunner:
             "created_at": self.created_at,
             "rep_counts": {str(p): self.engine.rep_count(p) for p in self.engine.person_ids},
             "athletes": {str(p): n for p, n in self.engine.athletes().items()},
+            "search": self._search_settings(),
+        }
+
+    def _search_settings(self) -> dict[str, Any] | None:
+        """The live search's bounds and counters; None where the stream has none."""
+        stats = search_stats(self._detector)
+        if stats is None:
+            return None
+        return {
+            "budget_ms": self.config.search_budget_ms,
+            "max_crops": self.config.search_max_crops,
+            **stats,
         }
 
     def _summary(self, result: FrameResult) -> dict[str, Any]:

@@ -27,7 +27,16 @@ async def start_stream(
     body: StreamCreate, manager: ManagerDep, catalog: CatalogDep, response: Response
 ) -> dict[str, Any]:
     exercise = catalog.get(body.exercise)
-    runner = await manager.start(body.source, exercise, body.backend, body.model, body.realtime)
+    runner = await manager.start(
+        body.source,
+        exercise,
+        body.backend,
+        body.model,
+        body.realtime,
+        search=body.search,
+        search_budget_ms=body.search_budget_ms,
+        search_max_crops=body.search_max_crops,
+    )
     response.headers["Location"] = f"/streams/{runner.id}"
     return runner.describe()
 
