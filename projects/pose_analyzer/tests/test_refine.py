@@ -167,15 +167,17 @@ def test_someone_who_stays_lost_is_searched_every_retry_s_until_lost_s() -> None
             WhiteDetector(), crop_detector=WhiteDetector(), max_searches=1, retry_s=retry_s
         )
         # A stays in view (found plainly: the frame is never empty, so no tiles); B is
-        # seen at t=0 and then gone for good.
-        det.detect([_scene([(100, 50, 130, 150), (300, 50, 330, 150)])], [0.0])
-        for k in range(1, 25):  # 3 s at 8 fps; lost_s is 2 s
+        # seen on the first 3 frames (a confirmed memory: one seen less is searched
+        # once) and then gone for good.
+        for k in range(3):
+            det.detect([_scene([(100, 50, 130, 150), (300, 50, 330, 150)])], [k * 0.125])
+        for k in range(3, 27):  # 3 s at 8 fps; lost_s is 2 s after B's last sighting
             det.detect([_scene([(100, 50, 130, 150)])], [k * 0.125])
         assert det.stats.tiles == 0 and det.stats.found == 0
         return det.stats.crops
 
-    assert crops_for(0.0) == 16  # every frame up to lost_s: 0.125 .. 2.0
-    assert crops_for(0.5) == 4  # at 0.125, 0.625, 1.125, 1.625
+    assert crops_for(0.0) == 16  # every frame up to lost_s: 0.375 .. 2.25
+    assert crops_for(0.5) == 4  # at 0.375, 0.875, 1.375, 1.875
 
 
 def test_a_tile_pass_spreads_over_frames_and_a_cap_defers_it_not_skips_it() -> None:
@@ -491,3 +493,15 @@ def test_a_still_lone_person_only_the_search_finds_is_looked_at_every_rest_s(
 def test_rest_s_must_not_be_negative() -> None:
     with pytest.raises(ValueError, match="rest_s"):
         RefiningDetector(WhiteDetector(), crop_detector=WhiteDetector(), rest_s=-1)
+
+
+def test_someone_seen_on_one_frame_only_is_searched_once_then_forgotten() -> None:
+    # A partial or passing skeleton the landmarker gives on one frame is a tentative
+    # memory: one search, and if that finds nothing, no more (a confirmed person, seen
+    # on 3 frames, is searched for lost_s: the test above).
+    det = RefiningDetector(WhiteDetector(), crop_detector=WhiteDetector())
+    det.detect([_scene([(100, 50, 130, 150), (300, 50, 330, 150)])], [0.0])
+    for k in range(1, 17):  # 2 s at 8 fps
+        det.detect([_scene([(100, 50, 130, 150)])], [k * 0.125])
+    # The square crop and the tight one, on the frame after: nothing; then nothing.
+    assert det.stats.crops == 2 and det.stats.triggered == 1

@@ -105,7 +105,7 @@ _STEADY = 0.04
 # last find, is "still" (see RefiningDetector._resting).
 _STILL_FINDS = 3
 # A remembered person seen on at least this many frames is searched for up to lost_s
-# after they were last seen; one seen less, only on the next frame.
+# after they were last seen; one seen less, until one search for them finds nothing.
 _CONFIRMED = 3
 # The joints compared: one per body part (nose for the head, no eyes/ears/heels/toes).
 # Five face points sit within a few pixels of each other, so a skeleton whose head is on
@@ -348,7 +348,6 @@ class RefiningDetector:
         self._tight_finds: set[int] = set()  # id() of keypoints found by a tight crop
         self._finds: list[PersonPose] = []  # this frame's finds, in order
         self._searched: set[int] = set()  # id() of keypoints a search put in the output
-        self._prev_t = -np.inf  # the previous frame's time
         self.stats = RefineStats()
 
     def _load_crop(self) -> ImageDetector:
@@ -393,17 +392,16 @@ class RefiningDetector:
         """`people` plus whoever a higher-resolution search finds that they miss."""
         self.stats.frames += 1
         known = [(p.keypoints, b) for p in people if (b := _box_of(p)) is not None]
-        # A memory seen on fewer than _CONFIRMED frames gets one search, on the frame
-        # after it was last seen: the landmarker's partial and passing skeletons (an
-        # athlete in mid-air gives a new one every frame) would otherwise each be
-        # searched for lost_s, frame after frame (Sports2D demo: 28 memories, 56 crops
-        # on one frame of the flip).
+        # A memory seen on fewer than _CONFIRMED frames gets one search: once a search
+        # for it has found nothing, it is forgotten. The landmarker's partial and
+        # passing skeletons (an athlete in mid-air gives a new one every frame) would
+        # otherwise each be searched for lost_s, frame after frame (Sports2D demo: 28
+        # memories, 56 crops on one frame of the flip).
         self._seen = [
             s
             for s in self._seen
-            if t - s.t <= self.lost_s and (s.hits >= _CONFIRMED or s.t >= self._prev_t)
+            if t - s.t <= self.lost_s and (s.hits >= _CONFIRMED or s.tried < s.t)
         ]
-        self._prev_t = t
         matched = _match(self._seen, known)
         lost = [
             s for i, s in enumerate(self._seen) if i not in matched and t - s.tried >= self.retry_s
