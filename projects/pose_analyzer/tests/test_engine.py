@@ -205,9 +205,14 @@ def test_real_clip_counting_with_labelled_identities(demo, exercises) -> None:
     }
 
 
-def test_real_clip_through_the_whole_engine(demo, exercises) -> None:
-    """Identity included: one athlete with the labelled reps, nobody else counts."""
+@pytest.mark.parametrize("detections", ["bare", "refined"])
+def test_real_clip_through_the_whole_engine(demo, exercises, detections: str) -> None:
+    """Identity included: one athlete with the labelled reps, nobody else counts; on the
+    bare detector's output and on the offline detector's (refined/: what `analyze
+    demo.mp4` sees, with the re-detection search and its scan)."""
     athlete, _ = LABELS["person"]
+    if detections == "refined":
+        demo = list(read_keypoints(REAL / "refined" / "sports2d_demo.jsonl"))
     report = analyze_recording(demo, exercises["jumping_jack"], 30.0).report
     athletes = [p for p in report.people if p.role == "athlete"]
     assert len(report.people) <= len(LABELS["person"])
