@@ -395,8 +395,8 @@ class TrackletTracker:
             else:
                 tr = self._new(pose, t, position, ok[k], limbs[k : k + 1], seg[k : k + 1])
             src = people[int(idx[k])]
-            cleaned = with_pose(src, pose.astype(np.float32), None)
-            out.append(Observation(cleaned, tr, int(idx[k])))
+            kept = with_pose(src, pose.astype(np.float32), None)
+            out.append(Observation(kept, tr, int(idx[k])))
         return out
 
     def _drop_ambiguous(
