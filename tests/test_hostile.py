@@ -500,14 +500,6 @@ def test_kill_9_with_four_streams_and_a_job_keeps_every_seen_rep_and_the_job(
     seen: dict[str, int] = {}
     with server.client() as http:
         ids = [_post_stream(http, "squats.jsonl").json()["id"] for _ in range(4)]
-        job = http.post(
-            "/analyze",
-            files={"file": ("cam01.mp4", video.read_bytes(), "video/mp4")},
-            data={"exercise": "squat"},
-        )
-        assert job.status_code == 202 and job.headers["location"] == f"/jobs/{job.json()['id']}"
-        job_id = job.json()["id"]
-        assert job.json()["created_at"].endswith(("Z", "+00:00"))  # ISO 8601, UTC
 
         async def watch(sid: str) -> None:
             url = f"ws://127.0.0.1:{server.port}/ws/streams/{sid}"
@@ -523,8 +515,24 @@ def test_kill_9_with_four_streams_and_a_job_keeps_every_seen_rep_and_the_job(
             await asyncio.gather(*(watch(sid) for sid in ids))
 
         asyncio.run(watch_all())
-        running = http.get(f"/jobs/{job_id}").json()
-        assert running["state"] in ("queued", "running")
+        # The job is submitted once the streams have their reps and the kill comes while
+        # it is between its first and last frame (waited on, not timed), so the restart
+        # must run it again.
+        job = http.post(
+            "/analyze",
+            files={"file": ("cam01.mp4", video.read_bytes(), "video/mp4")},
+            data={"exercise": "squat"},
+        )
+        assert job.status_code == 202 and job.headers["location"] == f"/jobs/{job.json()['id']}"
+        job_id = job.json()["id"]
+        assert job.json()["created_at"].endswith(("Z", "+00:00"))  # ISO 8601, UTC
+
+        def mid_run() -> bool:
+            state = http.get(f"/jobs/{job_id}").json()
+            assert state["state"] in ("queued", "running"), state
+            return state["state"] == "running" and (state.get("frames_done") or 0) >= 1
+
+        assert wait_until(mid_run, 120, 0.02)
     killed_at = dt.datetime.now(dt.timezone.utc)
     server.kill()
     assert server.proc is not None and server.proc.returncode == -signal.SIGKILL
