@@ -346,7 +346,6 @@ class RefiningDetector:
         self._last_tiling = -np.inf  # when the last complete pass over the tiles ended
         self._next_tile = 0  # a pass the budget cut short resumes here on the next frame
         self._tight_finds: set[int] = set()  # id() of keypoints found by a tight crop
-        self._finds: list[PersonPose] = []  # this frame's finds, in order
         self._searched: set[int] = set()  # id() of keypoints a search put in the output
         self.stats = RefineStats()
 
@@ -410,10 +409,9 @@ class RefiningDetector:
         # Whom a lost person could be next to: the frame's skeletons and the others
         # remembered (found or not on this frame).
         boxes = [b for _, b in known] + [s.box for s in self._seen]
-        resting = [s for s in lost if self._resting(s, t, [b for b in boxes if b is not s.box])]
-        if resting:
-            self.stats.rested += len(resting)
-            lost = [s for s in lost if not any(s is r for r in resting)]
+        searching = [s for s in lost if not self._resting(s, t, boxes)]
+        self.stats.rested += len(lost) - len(searching)
+        lost = searching
         resuming = self._next_tile > 0
         since = t - self._last_tiling
         tile_due = not people and (resuming or since >= self.tile_every_s)
@@ -567,7 +565,6 @@ class RefiningDetector:
             else:
                 self._seen.append(_Seen(box, t, kp, tight, searched))
         self._tight_finds.clear()
-        self._finds.clear()
         self._searched.clear()
 
     def _resting(self, s: _Seen, t: float, boxes: Sequence[np.ndarray]) -> bool:
@@ -575,7 +572,7 @@ class RefiningDetector:
         search finds (the video-mode landmarker never picked them up: an observer at the
         back wall), found at the same place `_STILL_FINDS` times running, seen less
         than `rest_s` ago, and with nobody the frame has or remembers within one of
-        their heights (`boxes`).
+        their heights (`boxes`, which may hold their own).
         Such a person is looked at again every `rest_s`, not on every frame. Someone
         next to another person is searched on every frame: the skeletons next to them
         can drift onto them (see `_settle`), and they are likelier to be a performer."""
@@ -586,7 +583,7 @@ class RefiningDetector:
         # Nobody within one of their own heights of their box.
         m = s.box[3] - s.box[1]
         around = s.box + np.array([-m, -m, m, m])
-        return all(_meet(around, b) is None for b in boxes)
+        return all(_meet(around, b) is None for b in boxes if b is not s.box)
 
     def _run(
         self,
@@ -652,7 +649,6 @@ class RefiningDetector:
                 continue
             out.append(mapped)
             known.append((kp, mb))
-            self._finds.append(mapped)
             self._searched.add(id(kp))
             added += 1
         return added
@@ -705,7 +701,7 @@ class RefiningDetector:
                 added += found
                 if found:
                     if (hw, hh) != (half, half):
-                        self._tight_finds.update(id(p.keypoints) for p in self._finds[-found:])
+                        self._tight_finds.update(id(p.keypoints) for p in out[-found:])
                     break
             if not found:
                 s.tried = t
