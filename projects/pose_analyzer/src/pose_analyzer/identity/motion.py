@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from pose_analyzer.identity.skeleton import norm2
+
 
 class JointKalman:
     def __init__(
@@ -90,7 +92,7 @@ class JointKalman:
         if any_fresh:
             self.p[fresh] = xy[fresh]
             self.v[fresh] = 0.0
-        speed = np.sqrt(np.add.reduce(self.v * self.v, axis=1, keepdims=True))  # |v| per joint
+        speed = norm2(self.v)[:, None]  # |v| per joint
         limit = self.max_speed * scale
         too_fast = speed > limit
         if too_fast.any():

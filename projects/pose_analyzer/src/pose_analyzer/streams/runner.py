@@ -93,14 +93,12 @@ def _make_detector(config: StreamConfig, models_dir: Any) -> PoseDetector | None
         if config.search:
             from pose_analyzer.detectors import LIVE_REFINE
 
-            options = {
+            kw["refine"] = True
+            kw["refine_options"] = {
                 **LIVE_REFINE,
                 "budget_ms": config.search_budget_ms,
                 "max_searches": config.search_max_crops,
             }
-            return create_detector(
-                config.backend, config.model, refine=True, refine_options=options, **kw
-            )
     return create_detector(config.backend, config.model, **kw)
 
 
