@@ -80,6 +80,9 @@ def cache(name: str, video: Path, model: str, refine: bool = False) -> Path:
             index += 1
     cap.release()
     det.close()
+    stats = getattr(det, "stats", None)
+    if stats is not None:  # what the search did on this clip (RefineStats)
+        print(f"{name}: {stats}", flush=True)
     return out
 
 
